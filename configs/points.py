@@ -1,0 +1,15 @@
+"""A user's own point cloud (.npy or .csv, shape [num_points, dim], any dim).
+
+Coordinates are standardised for training and mapped back for samples.
+
+    python -m drift_jax.main --config=configs/points.py --config.data.path=cloud.npy
+"""
+
+from drift_jax import defaults
+
+
+def get_config():
+    c = defaults.toy_config()
+    c.data.name = 'points'
+    c.data.path = ''
+    return c

@@ -1,0 +1,68 @@
+"""Orbax checkpoints of the whole train state under `<workdir>/checkpoints`.
+
+Saves are asynchronous and atomic (orbax writes to a temporary folder and renames it when
+complete), so a crash or Ctrl-C never leaves a half-written checkpoint that a resume picks.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class Checkpointer:
+    """Thin wrapper over `ocp.CheckpointManager` holding one item, the train state pytree."""
+
+    def __init__(self, directory: str, max_to_keep: int = 3, use_async: bool = True):
+        directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=use_async)
+        self.directory = directory
+        self._manager = ocp.CheckpointManager(directory, options=options)
+
+    def latest_step(self) -> int | None:
+        """Newest complete checkpoint step, or None."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, force: bool = False) -> bool:
+        """Starts saving `state` at `step` (asynchronous); returns whether a save started."""
+        return self._manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, int] | None:
+        """Restores into the structure, dtypes and shardings of `abstract_state`.
+
+        Tries `step` (default: newest) and, if that checkpoint is damaged, each older one in
+        turn with a warning naming the damaged one. Returns (state, step) or None when there
+        is no checkpoint.
+        """
+        steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        for s in steps:
+            try:
+                restored = self._manager.restore(
+                    s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+                return restored['state'], s
+            except Exception as e:  # noqa: BLE001 - any damage means "try the previous one"
+                if step is not None:
+                    raise
+                logging.warning('Checkpoint at step %d in %s is damaged or unreadable (%s: %s);'
+                                ' trying an older one.', s, self.directory, type(e).__name__, e)
+        if steps:
+            raise RuntimeError(f'No readable checkpoint in {self.directory} (tried {steps}).')
+        return None
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are complete."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

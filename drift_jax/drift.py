@@ -1,0 +1,337 @@
+"""The drifting field V(x) and the drifting loss, as pure JAX functions.
+
+Implements the batch form of the mean-shift drifting field (paper Algorithm 2) in float32
+and in log space, with the paper's choices as defaults. See DESIGN.md section 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+KERNELS = ('laplace', 'gaussian')
+NORMALIZATIONS = ('both', 'targets', 'none')
+PAPER_TEMPERATURES = (0.02, 0.05, 0.2)
+# Logit given to masked pairs (self pairs, padding). Finite so that a fully masked
+# column of the query-side softmax stays finite; exp() of it is exactly 0 in float32.
+_MASKED_LOGIT = -1e30
+_MIN_SCALE = 1e-8
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftOptions:
+    """Options of the drifting field (hashable, so it can be a static jit argument).
+
+    Attributes:
+      temperatures: kernel temperatures tau; one field per temperature, summed. Paper:
+        (0.02, 0.05, 0.2) with scale normalisation; the simple 2-D form uses (0.05,).
+      kernel: 'laplace' k = exp(-d / tau) (paper) or 'gaussian' k = exp(-d^2 / (2 tau^2)).
+      normalize: 'both' (paper: geometric mean of the softmax over targets and the softmax
+        over queries), 'targets' (softmax over targets only) or 'none' (raw kernel).
+      self_mask: mask x_i against y_neg_i, so a generated sample does not repel itself.
+        None means True when the negatives are the generated batch (y_neg=None), else
+        False. With explicit negatives, True masks pairs (i, i) for i < N (the first N
+        negatives must then be the queries, as in classifier-free guidance batches).
+      scale_dist: divide distances by their weighted mean over the batch and express the
+        field in coordinates scaled so that the mean distance is sqrt(D) (paper: on).
+      normalize_drift: divide each temperature's field by its RMS before summing (paper:
+        on). Off with a single temperature gives the plain mean-shift field.
+      block_size: queries per block for the streaming implementation; 0 or None means
+        dense (the full N x M matrices are built).
+    """
+
+    temperatures: tuple[float, ...] = PAPER_TEMPERATURES
+    kernel: str = 'laplace'
+    normalize: str = 'both'
+    self_mask: bool | None = None
+    scale_dist: bool = True
+    normalize_drift: bool = True
+    block_size: int | None = None
+
+    def __post_init__(self):
+        temps = self.temperatures
+        if isinstance(temps, (int, float)):
+            temps = (temps,)
+        temps = tuple(float(t) for t in temps)
+        object.__setattr__(self, 'temperatures', temps)
+        validate_options(self)
+
+
+def validate_options(opts: DriftOptions) -> None:
+    """Raises ValueError naming the bad value and the valid choices."""
+    if not opts.temperatures:
+        raise ValueError('drift.temperatures is empty; give at least one, e.g. (0.05,).')
+    for t in opts.temperatures:
+        if not t > 0 or t != t or t == float('inf'):
+            raise ValueError(
+                f'drift.temperatures must all be positive and finite, got {opts.temperatures}.')
+    if opts.kernel not in KERNELS:
+        raise ValueError(f'drift.kernel={opts.kernel!r} is unknown; choose one of {KERNELS}.')
+    if opts.normalize not in NORMALIZATIONS:
+        raise ValueError(
+            f'drift.normalize={opts.normalize!r} is unknown; choose one of {NORMALIZATIONS}.')
+    if opts.block_size is not None and opts.block_size < 0:
+        raise ValueError(
+            f'drift.block_size={opts.block_size} must be a positive number of queries per '
+            'block, or 0/None for the dense form.')
+
+
+def options_from_config(drift_config: Any) -> DriftOptions:
+    """Builds DriftOptions from a `config.drift` ConfigDict (or a dict)."""
+    cfg = dict(drift_config)
+    known = {f.name for f in dataclasses.fields(DriftOptions)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f'Unknown drift option(s) {unknown}; valid options: {sorted(known)}.')
+    if 'temperatures' in cfg and not isinstance(cfg['temperatures'], (int, float)):
+        cfg['temperatures'] = tuple(cfg['temperatures'])
+    return DriftOptions(**cfg)
+
+
+def pairwise_distances(x_nd: Array, y_md: Array) -> Array:
+    """Euclidean distances d_ij = ||x_i - y_j||, shape [N, M], float32.
+
+    Small D uses explicit differences (exact for near-duplicates); large D uses the
+    matmul expansion |x|^2 + |y|^2 - 2 x.y clamped at 0. The square root has a safe
+    gradient at zero distance.
+    """
+    x_nd = x_nd.astype(jnp.float32)
+    y_md = y_md.astype(jnp.float32)
+    if x_nd.shape[-1] <= 8:
+        sq = jnp.sum(jnp.square(x_nd[:, None, :] - y_md[None, :, :]), axis=-1)
+    else:
+        sq = (jnp.sum(jnp.square(x_nd), -1)[:, None] + jnp.sum(jnp.square(y_md), -1)[None, :]
+              - 2.0 * jnp.dot(x_nd, y_md.T, precision=jax.lax.Precision.HIGHEST))
+        sq = jnp.maximum(sq, 0.0)
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def _log_affinity(logits_nm: Array, normalize: str) -> Array:
+    """Log of the normalised kernel a_ij from logits l_ij, shape [N, M]."""
+    if normalize == 'none':
+        return logits_nm
+    row = jax.nn.log_softmax(logits_nm, axis=1)
+    if normalize == 'targets':
+        return row
+    col = jax.nn.log_softmax(logits_nm, axis=0)
+    return 0.5 * (row + col)
+
+
+def _single_group_field(x_nd, y_pos, y_neg, w_pos, w_neg, opts: DriftOptions, mask_self):
+    """Field for one group in scaled coordinates. Returns (v_nd, coord_scale, stats)."""
+    n, d = x_nd.shape
+    n_neg = y_neg.shape[0]
+    targets = jnp.concatenate([y_neg, y_pos], axis=0)                    # [M, D]
+    w_m = jnp.concatenate([w_neg, w_pos], axis=0)                        # [M]
+    dist_nm = pairwise_distances(x_nd, targets)
+    valid_nm = jnp.broadcast_to(w_m[None, :] > 0, dist_nm.shape)
+    if mask_self:
+        eye = jnp.arange(n)[:, None] == jnp.arange(targets.shape[0])[None, :]
+        valid_nm = valid_nm & ~eye
+
+    if opts.scale_dist:
+        wv = jnp.where(valid_nm, w_m[None, :], 0.0)
+        scale = jnp.sum(dist_nm * wv) / jnp.maximum(jnp.sum(wv), _MIN_SCALE)
+        scale = jax.lax.stop_gradient(jnp.maximum(scale, _MIN_SCALE))
+    else:
+        scale = jnp.ones((), jnp.float32)
+    coord_scale = scale / jnp.sqrt(jnp.float32(d)) if opts.scale_dist else scale
+    dist_nm = dist_nm / scale
+    t_s = targets / coord_scale
+
+    log_w = jnp.log(jnp.where(w_m > 0, w_m, 1.0))
+    v_nd = jnp.zeros((n, d), jnp.float32)
+    stats = {'scale': scale}
+    for tau in opts.temperatures:
+        if opts.kernel == 'laplace':
+            logits = -dist_nm / tau
+        else:
+            logits = -jnp.square(dist_nm) / (2.0 * tau * tau)
+        logits = jnp.where(valid_nm, logits, _MASKED_LOGIT)
+        log_a = _log_affinity(logits, opts.normalize) + log_w[None, :]
+        a_nm = jnp.where(valid_nm, jnp.exp(log_a), 0.0)
+        a_neg, a_pos = a_nm[:, :n_neg], a_nm[:, n_neg:]
+        s_neg = jnp.sum(a_neg, axis=1, keepdims=True)
+        s_pos = jnp.sum(a_pos, axis=1, keepdims=True)
+        hp = jax.lax.Precision.HIGHEST
+        v_tau = (s_neg * jnp.dot(a_pos, t_s[n_neg:], precision=hp)
+                 - s_pos * jnp.dot(a_neg, t_s[:n_neg], precision=hp))
+        # The two terms' coefficients sum to zero, so V is translation invariant; the
+        # explicit "- x" terms of the mean-shift form cancel and are omitted.
+        rms = jnp.sqrt(jnp.mean(jnp.square(v_tau)))
+        stats[f'rms_tau_{tau:g}'] = rms
+        if opts.normalize_drift:
+            v_tau = v_tau / jnp.maximum(rms, 1e-12)
+        v_nd = v_nd + v_tau
+    return v_nd, coord_scale, stats
+
+
+def _prepare(x, y_pos, y_neg, weights_pos, weights_neg, opts):
+    """Casts to float32, fills defaults and checks shapes. Returns grouped [G, ...] arrays."""
+    x = jnp.asarray(x)
+    y_pos = jnp.asarray(y_pos)
+    grouped = x.ndim == 3
+    if x.ndim not in (2, 3):
+        raise ValueError(f'x must be [N, D] or [G, N, D]; got shape {x.shape}.')
+    if y_pos.ndim != x.ndim:
+        raise ValueError(f'y_pos must have the rank of x {x.shape}; got shape {y_pos.shape}.')
+    mask_self = opts.self_mask
+    if y_neg is None:
+        y_neg = x
+        mask_self = True if mask_self is None else mask_self
+    else:
+        y_neg = jnp.asarray(y_neg)
+        mask_self = bool(mask_self)
+    if y_neg.ndim != x.ndim:
+        raise ValueError(f'y_neg must have the rank of x {x.shape}; got shape {y_neg.shape}.')
+    if not grouped:
+        x, y_pos, y_neg = x[None], y_pos[None], y_neg[None]
+    g, n, d = x.shape
+    for name, y in (('y_pos', y_pos), ('y_neg', y_neg)):
+        if y.shape[0] != g or y.shape[2] != d:
+            raise ValueError(f'{name} has shape {y.shape[int(not grouped):]}; expected '
+                             f'groups={g} and dim={d} to match x {x.shape[int(not grouped):]}.')
+    if mask_self and y_neg.shape[1] < n:
+        raise ValueError(f'self_mask needs the first N={n} negatives to be the queries, but '
+                         f'y_neg has only {y_neg.shape[1]} rows.')
+
+    def _weights(w, m, name):
+        if w is None:
+            return jnp.ones((g, m), jnp.float32)
+        w = jnp.asarray(w, jnp.float32)
+        if w.shape == (m,):
+            return jnp.broadcast_to(w, (g, m))
+        if grouped and w.shape == (g, m):
+            return w
+        expected = f'[{g}, {m}]' if grouped else f'[{m}]'
+        raise ValueError(f'{name} has shape {w.shape}; expected {expected}.')
+
+    w_pos = _weights(weights_pos, y_pos.shape[1], 'weights_pos')
+    w_neg = _weights(weights_neg, y_neg.shape[1], 'weights_neg')
+    f32 = jnp.float32
+    return (x.astype(f32), y_pos.astype(f32), y_neg.astype(f32), w_pos, w_neg, mask_self,
+            grouped)
+
+
+def _field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts):
+    """Field in scaled coordinates for all groups: (v [G,N,D], coord_scale [G], stats)."""
+    x, y_pos, y_neg, w_pos, w_neg, mask_self, grouped = _prepare(
+        x, y_pos, y_neg, weights_pos, weights_neg, opts)
+    if opts.block_size:
+        from drift_jax import drift_blocked  # Streaming form (no N x M matrices).
+        fn = drift_blocked.single_group_field
+    else:
+        fn = _single_group_field
+
+    def one(xg, pg, ng, wp, wn):
+        return fn(xg, pg, ng, wp, wn, opts, mask_self)
+
+    v, coord_scale, stats = jax.vmap(one)(x, y_pos, y_neg, w_pos, w_neg)
+    return x, v, coord_scale, stats, grouped
+
+
+def compute_drift_field(
+    x: Array,
+    y_pos: Array,
+    y_neg: Array | None = None,
+    *,
+    weights_pos: Array | None = None,
+    weights_neg: Array | None = None,
+    temperatures: float | Sequence[float] = PAPER_TEMPERATURES,
+    kernel: str = 'laplace',
+    normalize: str = 'both',
+    self_mask: bool | None = None,
+    scale_dist: bool = True,
+    normalize_drift: bool = True,
+    block_size: int | None = None,
+    return_stats: bool = False,
+):
+    """Drifting field V_{p,q}(x): where each query should move (toward y_pos, away from y_neg).
+
+    With targets Y = [y_neg; y_pos] and logits l_ij = -d(x_i, Y_j) / tau (d divided by its
+    batch mean when `scale_dist`), a_ij = exp(0.5 (log_softmax_j l + log_softmax_i l)) * w_j
+    and, with A- = a[:, :M-], A+ = a[:, M-:],
+
+        V_i = (sum_k A-_ik) sum_j A+_ij y+_j - (sum_j A+_ij) sum_k A-_ik y-_k,
+
+    summed over temperatures (each divided by its RMS when `normalize_drift`).
+
+    Args:
+      x: queries (the generated samples), [N, D] or grouped [G, N, D]; any float dtype.
+      y_pos: positives (data), [M+, D] or [G, M+, D].
+      y_neg: negatives, [M-, D] or [G, M-, D]; None uses x itself, self-masked.
+      weights_pos: per-positive weights, [M+] or [G, M+] (default ones).
+      weights_neg: per-negative weights, [M-] or [G, M-] (default ones); classifier-free
+        guidance gives unconditional reals the weight (alpha - 1)(N_gen - 1) / N_uncond.
+      temperatures, kernel, normalize, self_mask, scale_dist, normalize_drift, block_size:
+        see `DriftOptions` (defaults are the paper's choices).
+      return_stats: also return a dict of diagnostics (distance scale, RMS per temperature).
+
+    Returns:
+      V, float32 with the shape of x, in the coordinates of x; and stats if requested.
+    """
+    opts = DriftOptions(temperatures=temperatures, kernel=kernel, normalize=normalize,
+                        self_mask=self_mask, scale_dist=scale_dist,
+                        normalize_drift=normalize_drift, block_size=block_size)
+    return compute_drift_field_with(x, y_pos, y_neg, opts, weights_pos=weights_pos,
+                                    weights_neg=weights_neg, return_stats=return_stats)
+
+
+def compute_drift_field_with(x, y_pos, y_neg, opts: DriftOptions, *, weights_pos=None,
+                             weights_neg=None, return_stats: bool = False):
+    """`compute_drift_field` with a `DriftOptions` object (shapes as there)."""
+    _, v, coord_scale, stats, grouped = _field_scaled(x, y_pos, y_neg, weights_pos,
+                                                      weights_neg, opts)
+    v = v * coord_scale[:, None, None]
+    if not grouped:
+        v = v[0]
+    if return_stats:
+        return v, jax.tree.map(jnp.mean, stats)
+    return v
+
+
+def drift_loss(
+    x: Array,
+    y_pos: Array,
+    y_neg: Array | None = None,
+    opts: DriftOptions | None = None,
+    *,
+    weights_pos: Array | None = None,
+    weights_neg: Array | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """Drifting loss L = mean_i || x_i - stop_gradient(x_i + V_i) ||^2 (sum over D).
+
+    The field is computed on stop_gradient inputs. With `scale_dist` the loss is measured
+    in the scaled coordinates (x / s, s = mean distance / sqrt(D)), as in the paper, so
+    feature sets of different magnitudes contribute comparably. Without it,
+    dL/dtheta = -(2/N) sum_i V_i . dx_i/dtheta exactly.
+
+    Args:
+      x: generated samples [N, D] or [G, N, D], differentiable.
+      y_pos, y_neg, weights_pos, weights_neg: as in `compute_drift_field`.
+      opts: DriftOptions (default: the paper's choices).
+
+    Returns:
+      (scalar float32 loss averaged over groups and samples, stats dict).
+    """
+    opts = opts or DriftOptions()
+    sg = jax.lax.stop_gradient
+    _, v, coord_scale, stats, grouped = _field_scaled(
+        sg(x), sg(y_pos), None if y_neg is None else sg(y_neg), weights_pos, weights_neg,
+        opts)
+    xg = jnp.asarray(x).astype(jnp.float32)
+    if not grouped:
+        xg = xg[None]
+    x_scaled = xg / coord_scale[:, None, None]
+    target = sg(x_scaled + v)
+    loss = jnp.mean(jnp.sum(jnp.square(x_scaled - target), axis=-1))
+    stats = jax.tree.map(jnp.mean, stats)
+    stats['drift_norm'] = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(v), axis=-1)))
+    return loss, stats

@@ -1,0 +1,47 @@
+"""Command-line front door: `python -m drift_jax.main --config=configs/spiral.py`.
+
+Parses flags and hands over to `train.train_and_evaluate`; everything else is importable.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Path to a config file (ml_collections get_config()).', lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Where checkpoints, metrics and samples go. Default: '
+    'workdirs/<config name>. Re-running with the same workdir resumes.')
+flags.mark_flags_as_required(['config'])
+
+
+def default_workdir(config_path: str) -> str:
+    """workdirs/<config file name without .py> (a config argument after ':' is appended)."""
+    path, _, arg = config_path.partition(':')
+    name = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join('workdirs', f'{name}_{arg}' if arg else name)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    if not flags.FLAGS['verbosity'].present:
+        logging.set_verbosity(logging.WARNING)    # orbax logs every save at INFO
+    from drift_jax import train  # after flag parsing: importing jax early is slow for --help
+
+    workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(
+        flags.FLAGS['config']))
+    logging.info('workdir: %s', os.path.abspath(workdir))
+    print(f'drift_jax: workdir {os.path.abspath(workdir)}', flush=True)
+    result = train.train_and_evaluate(_CONFIG.value, workdir)
+    if result:
+        summary = ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                            for k, v in result.items())
+        print(f'drift_jax: final {summary}', flush=True)
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,411 @@
+"""Training: one jitted pure train step, the loop around it, evaluation and checkpoints.
+
+`train_and_evaluate(config, workdir)` is the whole run; the pieces (`create_train_state`,
+`make_train_step`, `sample`) are importable on their own for notebooks and benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from drift_jax import checkpointing, data, drift, metrics, models, writers
+
+SCHEDULES = ('cosine', 'constant')
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything needed to continue a run exactly: a pytree, checkpointed whole."""
+
+    step: jax.Array          # int32 []
+    params: Any
+    ema_params: Any          # exponential moving average of params; used for samples
+    opt_state: Any
+    rng: jax.Array           # uint32 [2]; per-step keys are fold_in(rng, step)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _positive(value, name, kind=float):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f'{name} must be a positive {kind.__name__}, got {value!r}.')
+    if kind is int and int(value) != value:
+        raise ValueError(f'{name} must be an integer, got {value!r}.')
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Checks every value a run depends on; raises ValueError naming value and choices.
+
+    Runs before anything is compiled, so a typo fails in a second, not after a compile.
+    """
+    data.validate_data_config(config.data)
+    models.validate_model_config(config.model)
+    drift.options_from_config(config.drift)
+    o, t, e = config.optim, config.train, config.eval
+    _positive(o.learning_rate, 'optim.learning_rate')
+    if o.schedule not in SCHEDULES:
+        raise ValueError(f'optim.schedule={o.schedule!r} is unknown; choose one of {SCHEDULES}.')
+    if o.warmup_steps < 0 or o.grad_clip < 0 or o.weight_decay < 0:
+        raise ValueError('optim.warmup_steps, optim.grad_clip and optim.weight_decay must be '
+                         f'>= 0, got {o.warmup_steps}, {o.grad_clip}, {o.weight_decay}.')
+    if not 0 <= o.final_lr_fraction <= 1:
+        raise ValueError(f'optim.final_lr_fraction must be in [0, 1], got {o.final_lr_fraction}.')
+    for name in ('steps', 'batch_size', 'num_pos', 'log_every', 'checkpoint_every',
+                 'max_to_keep'):
+        _positive(t[name], f'train.{name}', int)
+    if not 0 <= t.ema_decay < 1:
+        raise ValueError(f'train.ema_decay must be in [0, 1), got {t.ema_decay}.')
+    _positive(e.every, 'eval.every', int)
+    _positive(e.num_samples, 'eval.num_samples', int)
+    if config.model.init != 'default':
+        if config.data.name != 'bimodal':
+            raise ValueError(f'model.init={config.model.init!r} is only defined for '
+                             "data.name='bimodal'; use 'default'.")
+        data.bimodal_init(config.model.init)
+    mesh_shape(config.mesh, num_devices)
+    n_data = mesh_shape(config.mesh, num_devices)[0]
+    if t.batch_size % n_data:
+        raise ValueError(f'train.batch_size={t.batch_size} is not divisible by the {n_data} '
+                         "devices of the mesh's data axis; use a multiple of "
+                         f'{n_data}.')
+
+
+def mesh_shape(mesh_config, num_devices: int | None = None) -> tuple[int, int]:
+    """(data, fsdp) sizes from `config.mesh`; -1 takes the remaining devices."""
+    n = jax.device_count() if num_devices is None else num_devices
+    d, f = int(mesh_config.data), int(mesh_config.fsdp)
+    if f == -1 and d == -1:
+        raise ValueError('Only one of mesh.data and mesh.fsdp may be -1.')
+    if d == -1:
+        d = n // f if f > 0 and n % f == 0 else 0
+    if f == -1:
+        f = n // d if d > 0 and n % d == 0 else 0
+    if d <= 0 or f <= 0 or d * f != n:
+        raise ValueError(f'mesh data={mesh_config.data} x fsdp={mesh_config.fsdp} does not '
+                         f'match the {n} available devices; their product must be {n} '
+                         '(use -1 for "the rest").')
+    return d, f
+
+
+def make_mesh(mesh_config) -> jax.sharding.Mesh:
+    """A ('data', 'fsdp') mesh over all devices, GSPMD-style (Auto) axes."""
+    shape = mesh_shape(mesh_config)
+    auto = jax.sharding.AxisType.Auto
+    return jax.make_mesh(shape, ('data', 'fsdp'), axis_types=(auto, auto))
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def make_optimizer(optim_config, total_steps: int) -> optax.GradientTransformation:
+    """AdamW with linear warmup, cosine (or constant) decay and global-norm clipping."""
+    o = optim_config
+    warmup = int(min(o.warmup_steps, max(total_steps - 1, 0)))
+    if o.schedule == 'cosine':
+        schedule = optax.warmup_cosine_decay_schedule(
+            init_value=0.0 if warmup else o.learning_rate, peak_value=o.learning_rate,
+            warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
+            end_value=o.learning_rate * o.final_lr_fraction)
+    else:
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, o.learning_rate, max(warmup, 1)),
+             optax.constant_schedule(o.learning_rate)], [max(warmup, 1)])
+    parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
+    parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+    return optax.chain(*parts)
+
+
+class Setup:
+    """The objects a run is made of, built from a validated config."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        validate_config(config)
+        self.config = config
+        self.dataset = data.make_dataset(config.data)
+        offset = None
+        out_scale = config.model.out_scale
+        if config.model.init != 'default':
+            offset, out_scale = data.bimodal_init(config.model.init)
+        model_cfg = ml_collections.ConfigDict(config.model.to_dict())
+        model_cfg.out_scale = float(out_scale)
+        self.model = models.make_generator(model_cfg, self.dataset.dim, out_offset=offset)
+        self.noise_dim = int(config.model.noise_dim)
+        self.tx = make_optimizer(config.optim, config.train.steps)
+        self.drift_options = drift.options_from_config(config.drift)
+        self.mesh = make_mesh(config.mesh)
+
+
+def create_train_state(setup: Setup, seed: int) -> TrainState:
+    """Initialises the train state directly with its shardings (replicated parameters)."""
+    def init(key):
+        k_init, k_run = jax.random.split(key)
+        params = setup.model.init(k_init, jnp.zeros((1, setup.noise_dim)))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                          opt_state=setup.tx.init(params), rng=k_run)
+
+    key = jax.random.PRNGKey(seed)
+    abstract = jax.eval_shape(init, key)
+    shardings = state_shardings(setup.mesh, abstract)
+    return jax.jit(init, out_shardings=shardings)(key)
+
+
+def state_shardings(mesh, abstract_state):
+    """Shardings of the train state: replicated (toy models are small)."""
+    return jax.tree.map(lambda _: NamedSharding(mesh, P()), abstract_state)
+
+
+def generate(model, params, key: jax.Array, n: int, noise_dim: int, mesh=None) -> jax.Array:
+    """Draws n samples [n, D] in training coordinates (noise sharded over `data`)."""
+    eps = jax.random.normal(key, (n, noise_dim))
+    if mesh is not None and n % mesh.shape['data'] == 0:
+        eps = jax.lax.with_sharding_constraint(eps, NamedSharding(mesh, P('data')))
+    return model.apply(params, eps)
+
+
+def make_train_step(setup: Setup) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+    """Returns the jitted pure step `(state, batch) -> (state, metrics)`.
+
+    `batch` is None for samplers that run inside the step (toy data). The state is donated.
+    """
+    cfg = setup.config.train
+    model, tx, opts, mesh = setup.model, setup.tx, setup.drift_options, setup.mesh
+    batch_size, num_pos, ema_decay = cfg.batch_size, cfg.num_pos, cfg.ema_decay
+    dataset = setup.dataset
+
+    def step_fn(state: TrainState, batch):
+        del batch
+        key = jax.random.fold_in(state.rng, state.step)
+        k_noise, k_data = jax.random.split(key)
+        y_pos = dataset.sample(k_data, num_pos)
+
+        def loss_fn(params):
+            x = generate(model, params, k_noise, batch_size, setup.noise_dim, mesh)
+            return drift.drift_loss(x, y_pos, None, opts)
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        # EMA with a short ramp so early evaluations are not dominated by the random init.
+        decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+        new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
+                                  opt_state=opt_state)
+        out = {'loss': loss, 'grad_norm': optax.global_norm(grads), **stats}
+        return new_state, out
+
+    return jax.jit(step_fn, donate_argnums=(0,))
+
+
+def sample(setup: Setup, params, key: jax.Array, n: int) -> np.ndarray:
+    """n samples [n, D] from the generator with `params`, in the user's data coordinates."""
+    x = jax.jit(generate, static_argnums=(0, 3, 4))(setup.model, params, key, n,
+                                                     setup.noise_dim)
+    return np.asarray(setup.dataset.to_data_space(np.asarray(x)))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+class Evaluator:
+    """Energy distance of EMA samples against held-out data, next to its noise floor.
+
+    Fixed keys, so figures from different steps are comparable. The floor is the same
+    metric between two independent data draws (train and eval streams) of the same size.
+    """
+
+    def __init__(self, setup: Setup, seed: int):
+        self.setup = setup
+        n = setup.config.eval.num_samples
+        base = jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EED)
+        self.k_gen, k_ref, k_fa, k_fb = jax.random.split(base, 4)
+        ds = setup.dataset
+        self.reference = np.asarray(ds.sample(k_ref, n, split='eval'))
+        floor_a = np.asarray(ds.sample(k_fa, n, split='train'))
+        floor_b = np.asarray(ds.sample(k_fb, n, split='eval'))
+        self.floor = metrics.energy_distance(floor_a, floor_b)
+
+    def __call__(self, ema_params) -> tuple[dict[str, float], np.ndarray]:
+        n = self.setup.config.eval.num_samples
+        gen = np.asarray(jax.jit(generate, static_argnums=(0, 3, 4))(
+            self.setup.model, ema_params, self.k_gen, n, self.setup.noise_dim))
+        if not np.all(np.isfinite(gen)):
+            raise FloatingPointError('The EMA generator produced NaN/inf samples.')
+        ed = metrics.energy_distance(gen, self.reference)
+        out = {'energy_distance': ed, 'energy_floor': self.floor,
+               'energy_ratio': ed / max(self.floor, 1e-12)}
+        if self.setup.config.data.name == 'bimodal':
+            f0, f1 = data.bimodal_mode_fractions(gen)
+            out.update(mode_fraction_0=float(f0), mode_fraction_1=float(f1))
+        return out, gen
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _StopRequest:
+    """Turns SIGTERM (schedulers, preemption) into a request to checkpoint and stop."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(step: int, values: dict[str, float], last_saved: int | None) -> None:
+    bad = {k: v for k, v in values.items() if not np.isfinite(v)}
+    if bad:
+        raise FloatingPointError(
+            f'Training diverged at step {step}: {bad}. The last good checkpoint '
+            f'(step {last_saved}) is kept; lower optim.learning_rate or set optim.grad_clip.')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (or resumes) the run described by `config` in `workdir`.
+
+    Writes `<workdir>/config.json`, `checkpoints/`, `metrics.jsonl`, TensorBoard events and
+    `samples/`. Re-running with the same workdir continues from the newest checkpoint.
+
+    Returns:
+      The final evaluation metrics (dict with 'step', 'energy_distance', 'energy_floor',
+      'energy_ratio').
+    """
+    setup = Setup(config)                      # validates everything before any compile
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    writers.check_writable(workdir)
+    if is_main:
+        writers.save_config(config, workdir)
+    total = int(config.train.steps)
+
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                      max_to_keep=config.train.max_to_keep)
+    state = create_train_state(setup, config.train.seed)
+    restored = ckpt.restore(state)
+    if restored is not None:
+        state, start = restored
+        logging.info('Resumed from step %d in %s', start, workdir)
+        if is_main:
+            print(f'drift_jax: resumed from step {start} of {total}', flush=True)
+    else:
+        start = 0
+    last_saved = start if restored is not None else None
+    writer = writers.MetricWriter(workdir, enabled=is_main, resume_step=start)
+    sample_dir = os.path.join(workdir, 'samples')
+    train_step = make_train_step(setup)
+    evaluator = Evaluator(setup, config.train.seed)
+    data_space_ref = setup.dataset.to_data_space(evaluator.reference)
+    last_eval: dict[str, Any] = {}
+    progress = writers.progress_bar(total, start, enabled=is_main)
+
+    def run_eval(step: int) -> dict[str, Any]:
+        values, gen = evaluator(state.ema_params)
+        values = {'step': step, **values}
+        writer.write(step, values)
+        if is_main:
+            k = config.eval.plot_points
+            path = os.path.join(sample_dir, f'step_{step:07d}.png')
+            from drift_jax import plotting
+            plotting.plot_samples(path, setup.dataset.to_data_space(gen[:k]),
+                                  data_space_ref[:k],
+                                  title=f'{config.data.name}, step {step}, '
+                                        f'ED/floor {values["energy_ratio"]:.2f}')
+        return values
+
+    pending = None                                  # (step, device metrics) not yet fetched
+
+    def drain():
+        nonlocal pending
+        if pending is None:
+            return
+        step, m = pending
+        pending = None
+        values = {k: float(v) for k, v in jax.device_get(m).items()}
+        _check_finite(step, {'loss': values['loss'], 'grad_norm': values['grad_norm']},
+                      last_saved)
+        if step % config.train.log_every == 0 or step == total:
+            writer.write(step, {'step': step, **values})
+        progress.set_postfix(loss=f'{values["loss"]:.4g}',
+                             ed_ratio=f'{last_eval.get("energy_ratio", float("nan")):.3g}',
+                             refresh=False)
+
+    try:
+        with _StopRequest() as stop:
+            for step in range(start + 1, total + 1):
+                state, m = train_step(state, None)
+                drain()                            # fetch step-1 while step runs
+                pending = (step, m)
+                progress.update(1)
+                final = step == total
+                do_save = final or stop.requested or step % config.train.checkpoint_every == 0
+                do_eval = final or step % config.eval.every == 0
+                if do_save or do_eval:
+                    drain()                        # checks finiteness before saving
+                if do_save:
+                    ckpt.save(step, state, force=True)
+                    last_saved = step
+                if do_eval:
+                    last_eval = run_eval(step)
+                if stop.requested:
+                    logging.warning('SIGTERM: saved a checkpoint at step %d; stopping.', step)
+                    break
+            drain()
+            if start >= total and not last_eval:
+                last_eval = run_eval(total)         # already finished: report again
+    finally:
+        progress.close()
+        ckpt.close()                                 # waits for in-flight async saves
+        writer.close()
+    if is_main and not stop.requested:
+        writers.finish_samples(sample_dir)
+    return last_eval
+
+
+def load_run(workdir: str) -> tuple[Setup, TrainState, int]:
+    """Rebuilds the setup from `<workdir>/config.json` and restores the newest checkpoint."""
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'{path} does not exist: is {workdir!r} a drift_jax workdir?')
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    setup = Setup(config)
+    abstract = jax.eval_shape(lambda: create_train_state(setup, 0))
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+        state_shardings(setup.mesh, abstract))
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), use_async=False)
+    try:
+        restored = ckpt.restore(abstract)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints yet.')
+    state, step = restored
+    return setup, state, step

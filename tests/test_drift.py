@@ -1,0 +1,566 @@
+"""Specification tests for drift_jax.drift: the drifting field and the drifting loss.
+
+The field is checked against a float64 NumPy reference written straight from the formula of
+DESIGN.md section 1 (explicit loop over temperatures, masked log-sum-exp softmaxes), then
+against the properties DESIGN.md lists: anti-symmetry, zero field for equal sets, attraction
+to an isolated cluster, the loss gradient, finiteness in degenerate cases, the grouped form,
+bad-input errors, and the difference from the floored affinity of the official code.
+
+Everything runs eagerly (no jit) on small inputs so the whole file stays fast on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from drift_jax.drift import (
+    DriftOptions,
+    compute_drift_field,
+    drift_loss,
+    options_from_config,
+    pairwise_distances,
+)
+
+PAPER_TEMPS = (0.02, 0.05, 0.2)
+
+# ----------------------------------------------------------------------------
+# Float64 reference, written from the formula (not from the library).
+
+
+def _masked_log_softmax(logits: np.ndarray, valid: np.ndarray, axis: int) -> np.ndarray:
+    """log_softmax over `axis` of the valid entries; -inf on masked ones."""
+    masked = np.where(valid, logits, -np.inf)
+    peak = np.max(masked, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)  # A fully masked line: any shift works.
+    with np.errstate(divide='ignore'):
+        lse = peak + np.log(np.sum(np.exp(masked - peak), axis=axis, keepdims=True))
+    return np.where(valid, masked - lse, -np.inf)
+
+
+def reference_field(x, y_pos, y_neg, w_pos, w_neg, *, temperatures, kernel='laplace',
+                    normalize='both', self_mask=False, scale_dist=True, normalize_drift=True,
+                    floor=None):
+    """One group of the drifting field in float64. Returns (V [N, D], c, affinities).
+
+    `floor` switches to the official code's form a = sqrt(max(row * col, floor)) on the
+    valid pairs (masked pairs stay at 0, so only the floor differs).
+    """
+    x, y_pos, y_neg = (np.asarray(a, np.float64) for a in (x, y_pos, y_neg))
+    n, d = x.shape
+    m_neg = y_neg.shape[0]
+    y = np.concatenate([y_neg, y_pos], axis=0)
+    w = np.concatenate([np.asarray(w_neg, np.float64), np.asarray(w_pos, np.float64)])
+    dist = np.sqrt(np.sum((x[:, None, :] - y[None, :, :]) ** 2, axis=-1))
+    valid = np.broadcast_to(w[None, :] > 0, dist.shape).copy()
+    if self_mask:
+        for i in range(n):
+            valid[i, i] = False
+    if scale_dist:
+        wv = np.where(valid, w[None, :], 0.0)
+        s = np.sum(dist * wv) / np.sum(wv)
+        c = s / np.sqrt(d)
+    else:
+        s = c = 1.0
+    dist = dist / s
+    y_scaled = y / c
+    v = np.zeros((n, d))
+    affinities = []
+    for tau in temperatures:
+        if kernel == 'laplace':
+            logits = -dist / tau
+        else:
+            logits = -dist ** 2 / (2.0 * tau ** 2)
+        if normalize == 'none':
+            log_a = np.where(valid, logits, -np.inf)
+        elif normalize == 'targets':
+            log_a = _masked_log_softmax(logits, valid, axis=1)
+        else:
+            log_a = 0.5 * (_masked_log_softmax(logits, valid, axis=1)
+                           + _masked_log_softmax(logits, valid, axis=0))
+        a = np.exp(log_a) if floor is None else np.sqrt(np.maximum(np.exp(2 * log_a), floor))
+        a = np.where(valid, a * w[None, :], 0.0)
+        affinities.append(a)
+        a_neg, a_pos = a[:, :m_neg], a[:, m_neg:]
+        v_tau = (a_neg.sum(axis=1, keepdims=True) * (a_pos @ y_scaled[m_neg:])
+                 - a_pos.sum(axis=1, keepdims=True) * (a_neg @ y_scaled[:m_neg]))
+        if normalize_drift:
+            v_tau = v_tau / np.sqrt(np.mean(v_tau ** 2))
+        v = v + v_tau
+    return v * c, c, affinities
+
+
+def reference(x, y_pos, y_neg=None, weights_pos=None, weights_neg=None, *, self_mask=None,
+              **opts):
+    """Reference with the library's calling convention ([N, D] or [G, N, D]): (V, c)."""
+    x, y_pos = np.asarray(x, np.float64), np.asarray(y_pos, np.float64)
+    if y_neg is None:
+        y_neg, mask = x, (True if self_mask is None else self_mask)
+    else:
+        y_neg, mask = np.asarray(y_neg, np.float64), bool(self_mask)
+    grouped = x.ndim == 3
+    if not grouped:
+        x, y_pos, y_neg = x[None], y_pos[None], y_neg[None]
+    g = x.shape[0]
+
+    def per_group(w, m):
+        if w is None:
+            return np.ones((g, m))
+        w = np.asarray(w, np.float64)
+        return np.broadcast_to(w, (g, m)) if w.ndim == 1 else w
+
+    w_pos = per_group(weights_pos, y_pos.shape[1])
+    w_neg = per_group(weights_neg, y_neg.shape[1])
+    out = [reference_field(x[k], y_pos[k], y_neg[k], w_pos[k], w_neg[k], self_mask=mask,
+                           **opts)[:2] for k in range(g)]
+    v = np.stack([o[0] for o in out])
+    c = np.array([o[1] for o in out])
+    return (v, c) if grouped else (v[0], c[0])
+
+
+def assert_field_close(got, want, rtol=1e-5, atol_frac=1e-5):
+    """Elementwise relative agreement, with an absolute floor relative to the field size."""
+    got = np.asarray(got)
+    want = np.asarray(want)
+    assert got.shape == want.shape
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol_frac * np.abs(want).max())
+
+
+def _f32(a) -> np.ndarray:
+    return np.asarray(a, np.float32)
+
+
+def _weights(rng, m, zero_at=1):
+    w = rng.uniform(0.5, 2.0, size=m)
+    w[zero_at] = 0.0
+    return _f32(w)
+
+
+# ----------------------------------------------------------------------------
+# 1. Agreement with the reference.
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    n: int
+    m_pos: int
+    d: int
+    m_neg: int | None = None  # None: y_neg=None (the queries, self-masked).
+    groups: int | None = None
+    weights: str = ''  # 'pos', 'neg', 'both' or ''.
+    cfg: int = 0  # > 0: explicit y_neg = [x; cfg unconditional rows], self_mask=True.
+    opts: dict = dataclasses.field(default_factory=dict)
+
+
+CASES = {
+    'small-default': Case(7, 11, 2),
+    'small-targets-gauss-raw': Case(7, 11, 2, opts=dict(
+        normalize='targets', kernel='gaussian', temperatures=(0.5,), scale_dist=False,
+        normalize_drift=False)),
+    'small-none-laplace-scaled': Case(7, 11, 2, opts=dict(normalize='none',
+                                                          temperatures=(0.2,))),
+    'small-none-gauss-raw-3t': Case(7, 11, 2, opts=dict(
+        normalize='none', kernel='gaussian', temperatures=(0.5, 1.0, 2.0), scale_dist=False,
+        normalize_drift=False)),
+    'small-weights-1t': Case(7, 11, 2, weights='both', opts=dict(
+        temperatures=(0.05,), normalize_drift=False)),
+    'd16-default-neg': Case(32, 48, 16, m_neg=40),
+    'd16-targets-1t-wpos': Case(32, 48, 16, m_neg=40, weights='pos', opts=dict(
+        normalize='targets', temperatures=(0.1,), normalize_drift=False)),
+    'd16-gauss-3t-weights': Case(32, 48, 16, m_neg=40, weights='both', opts=dict(
+        kernel='gaussian', temperatures=(0.1, 0.2, 0.5))),
+    'd16-none-raw': Case(32, 48, 16, m_neg=40, opts=dict(
+        normalize='none', temperatures=(2.0,), scale_dist=False)),
+    'grouped-default-wpos': Case(8, 12, 3, groups=3, weights='pos'),
+    'grouped-targets-gauss-raw': Case(8, 12, 3, m_neg=10, groups=3, opts=dict(
+        normalize='targets', kernel='gaussian', temperatures=(0.7,), scale_dist=False)),
+    'cfg-selfmask-default': Case(10, 12, 4, cfg=6, weights='neg'),
+    'cfg-selfmask-targets-1t': Case(10, 12, 4, cfg=6, weights='neg', opts=dict(
+        normalize='targets', temperatures=(0.05,), normalize_drift=False)),
+}
+
+
+def _make_inputs(case: Case, seed: int):
+    """Random float32 inputs and kwargs for one case."""
+    rng = np.random.default_rng(seed)
+    lead = () if case.groups is None else (case.groups,)
+    # Different offsets and spreads per group, so per-group scales really differ.
+    spread = np.ones(lead + (1, 1)) if not lead else np.geomspace(0.3, 3.0, case.groups)[
+        :, None, None]
+    x = _f32(rng.normal(size=lead + (case.n, case.d)) * spread)
+    y_pos = _f32((rng.normal(size=lead + (case.m_pos, case.d)) + 0.7) * spread)
+    y_neg = None
+    kwargs = {}
+    if case.m_neg is not None:
+        y_neg = _f32(rng.normal(size=lead + (case.m_neg, case.d)) * spread - 0.3)
+    if case.cfg:
+        extra = _f32(rng.normal(size=(case.cfg, case.d)) + 0.4)
+        y_neg = np.concatenate([x, extra], axis=0)
+        kwargs['self_mask'] = True
+    m_neg = case.n if y_neg is None else y_neg.shape[-2]
+    if case.weights in ('pos', 'both'):
+        w = [_weights(rng, case.m_pos, zero_at=k + 1) for k in range(case.groups or 1)]
+        kwargs['weights_pos'] = np.stack(w) if case.groups else w[0]
+    if case.weights in ('neg', 'both'):
+        if case.cfg:
+            # Classifier-free guidance: unconditional reals get (alpha - 1)(N - 1) / N_uncond.
+            w_neg = np.ones(m_neg, np.float32)
+            w_neg[case.n:] = (1.5 - 1.0) * (case.n - 1) / case.cfg
+            w_neg[case.n + 2] = 0.0
+        else:
+            w_neg = _weights(rng, m_neg, zero_at=2)
+        kwargs['weights_neg'] = w_neg
+    return x, y_pos, y_neg, kwargs
+
+
+def _full_opts(opts) -> dict:
+    full = dict(temperatures=PAPER_TEMPS, kernel='laplace', normalize='both', scale_dist=True,
+                normalize_drift=True)
+    full.update(opts)
+    return full
+
+
+@pytest.mark.parametrize('name', list(CASES))
+def test_field_matches_reference(name: str) -> None:
+    case = CASES[name]
+    x, y_pos, y_neg, kwargs = _make_inputs(case, seed=len(name))
+    opts = _full_opts(case.opts)
+    got = compute_drift_field(x, y_pos, y_neg, **kwargs, **opts)
+    assert got.dtype == jnp.float32 and got.shape == x.shape
+    want, _ = reference(x, y_pos, y_neg, kwargs.get('weights_pos'), kwargs.get('weights_neg'),
+                        self_mask=kwargs.get('self_mask'), **opts)
+    assert np.abs(want).max() > 1e-6  # A non-trivial field.
+    assert_field_close(got, want)
+
+
+def test_pairwise_distances_matches_numpy() -> None:
+    rng = np.random.default_rng(0)
+    for d in (2, 16):
+        x, y = _f32(rng.normal(size=(5, d))), _f32(rng.normal(size=(6, d)))
+        y[0] = x[0]  # An exact zero distance.
+        want = np.sqrt(((x[:, None].astype(np.float64) - y[None]) ** 2).sum(-1))
+        got = np.asarray(pairwise_distances(x, y))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert got[0, 0] == 0.0
+
+
+# ----------------------------------------------------------------------------
+# 2. Properties from DESIGN.md.
+
+
+@pytest.mark.parametrize('opts', [
+    dict(),
+    dict(normalize='targets', kernel='gaussian', temperatures=(0.3,)),
+    dict(normalize='none', temperatures=(0.2, 0.5), scale_dist=False, normalize_drift=False),
+], ids=['default', 'targets-gauss', 'none-raw'])
+def test_anti_symmetry(opts) -> None:
+    rng = np.random.default_rng(1)
+    x = _f32(rng.normal(size=(9, 3)))
+    y_a = _f32(rng.normal(size=(13, 3)) + 0.5)
+    y_b = _f32(rng.normal(size=(11, 3)) - 0.5)
+    w_a, w_b = _weights(rng, 13), _weights(rng, 11, zero_at=4)
+    v = np.asarray(compute_drift_field(x, y_a, y_b, weights_pos=w_a, weights_neg=w_b,
+                                       self_mask=False, **opts))
+    v_swapped = np.asarray(compute_drift_field(x, y_b, y_a, weights_pos=w_b, weights_neg=w_a,
+                                               self_mask=False, **opts))
+    assert np.abs(v).max() > 1e-3
+    np.testing.assert_allclose(v_swapped, -v, rtol=1e-5, atol=1e-6 * np.abs(v).max())
+
+
+_SAME_SET_BUG = (
+    'BUG: normalize_drift divides by max(rms, 1e-12); when y_pos and y_neg are the same set '
+    'in a different order, V_tau is float32 rounding noise (~1e-7) and the division blows it '
+    'up to an O(1) field with RMS 1 instead of 0.')
+
+
+@pytest.mark.parametrize('normalize_drift,scale_dist', [
+    (False, True),
+    (False, False),
+    pytest.param(True, True, marks=pytest.mark.xfail(strict=True, reason=_SAME_SET_BUG)),
+])
+def test_zero_field_for_equal_sets(normalize_drift: bool, scale_dist: bool) -> None:
+    rng = np.random.default_rng(2)
+    x = _f32(rng.normal(size=(8, 2)))
+    z = _f32(rng.normal(size=(12, 2)) + 0.3)
+    z_perm = z[rng.permutation(12)]  # The same set, another order.
+    kw = dict(self_mask=False, normalize_drift=normalize_drift, scale_dist=scale_dist)
+    v = np.asarray(compute_drift_field(x, z, z_perm, **kw))
+    # Size of a genuine field on the same queries, for the tolerance.
+    typical = np.abs(np.asarray(compute_drift_field(x, z + 1.0, z_perm, **kw))).max()
+    assert typical > 1e-3
+    np.testing.assert_allclose(v, 0.0, atol=1e-5 * typical)
+
+
+@pytest.mark.parametrize('opts', [
+    dict(),
+    dict(normalize='targets', kernel='gaussian', temperatures=(1.0,), scale_dist=False,
+         normalize_drift=False),
+    dict(normalize='none', temperatures=(0.2,)),
+], ids=['default', 'targets-gauss-raw', 'none-scaled'])
+def test_field_points_toward_isolated_positive_cluster(opts) -> None:
+    rng = np.random.default_rng(3)
+    x = _f32(rng.normal(size=(16, 2)) * 0.3)
+    center = np.array([5.0, 5.0])
+    y_pos = _f32(rng.normal(size=(24, 2)) * 0.5 + center)
+    v = np.asarray(compute_drift_field(x, y_pos, **opts), np.float64)
+    direction = center - x
+    dots = np.sum(v * direction, axis=1)
+    assert np.all(dots > 0), dots
+    cos = dots / (np.linalg.norm(v, axis=1) * np.linalg.norm(direction, axis=1))
+    assert np.all(cos > 0.5), cos
+
+
+@pytest.mark.parametrize('scale_dist', [False, True])
+def test_loss_gradient_is_minus_field(scale_dist: bool) -> None:
+    """dL/dW = -(2/N) sum_i V_i dx_i/dW for x = eps @ W (with 1/c^2 in scaled coordinates)."""
+    rng = np.random.default_rng(4)
+    n, k, d = 12, 3, 2
+    eps = jnp.asarray(_f32(rng.normal(size=(n, k))))
+    w = jnp.asarray(_f32(rng.normal(size=(k, d))))
+    y_pos = _f32(rng.normal(size=(20, d)) + 1.0)
+    opts = DriftOptions(temperatures=(0.05, 0.2), scale_dist=scale_dist)
+
+    grad = jax.grad(lambda w_: drift_loss(eps @ w_, y_pos, opts=opts)[0])(w)
+    x = eps @ w
+    v = np.asarray(compute_drift_field(x, y_pos, temperatures=(0.05, 0.2),
+                                       scale_dist=scale_dist), np.float64)
+    _, c = reference(np.asarray(x), y_pos, temperatures=(0.05, 0.2), scale_dist=scale_dist)
+    want = -(2.0 / n) * np.asarray(eps, np.float64).T @ v / c ** 2
+    assert np.abs(want).max() > 1e-3
+    np.testing.assert_allclose(np.asarray(grad), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+def _degenerate_inputs(kind: str):
+    """(x, y_pos, options) for the degenerate cases DESIGN.md lists."""
+    rng = np.random.default_rng(5)
+    if kind == 'duplicates':
+        x = _f32(rng.normal(size=(8, 2)))
+        x[4:] = x[:4]
+        y_pos = np.concatenate([x[:3], x[:3], _f32(rng.normal(size=(4, 2)))])
+        return x, y_pos, {}
+    if kind == 'identical':
+        return np.ones((6, 2), np.float32), np.ones((5, 2), np.float32), {}
+    if kind == 'far-tau0.01':
+        # Queries on a circle of radius 8, positives on one of radius 14: every distance is
+        # several units, so with tau = 0.01 on raw coordinates the logits are ~ -300 to -2000.
+        ang = np.arange(8) * 2 * np.pi / 8
+        x = _f32(np.stack([np.cos(ang), np.sin(ang)], 1) * 8)
+        y_pos = _f32(np.stack([np.cos(ang + 0.4), np.sin(ang + 0.4)], 1) * 14)
+        return x, y_pos, dict(temperatures=(0.01,), scale_dist=False)
+    raise ValueError(kind)
+
+
+_NAN_GRAD_BUG = (
+    'BUG: with normalize_drift the RMS is jnp.sqrt(jnp.mean(v**2)); when a temperature\'s '
+    'field is exactly 0 (all points identical) or its squares underflow float32 (tau=0.01, '
+    'far points: V_tau ~ 1e-24), sqrt has an infinite derivative at 0 and the gradient of '
+    'the field wrt x is NaN (0 * inf through jnp.maximum(rms, 1e-12)).')
+
+
+@pytest.mark.parametrize('kind,normalize_drift', [
+    ('duplicates', True),
+    ('duplicates', False),
+    ('identical', False),
+    pytest.param('identical', True, marks=pytest.mark.xfail(strict=True,
+                                                            reason=_NAN_GRAD_BUG)),
+    ('far-tau0.01', False),
+    pytest.param('far-tau0.01', True, marks=pytest.mark.xfail(strict=True,
+                                                              reason=_NAN_GRAD_BUG)),
+])
+def test_finite_values_and_gradients(kind: str, normalize_drift: bool) -> None:
+    x, y_pos, opts = _degenerate_inputs(kind)
+    opts['normalize_drift'] = normalize_drift
+    probe = jnp.asarray(np.random.default_rng(6).normal(size=x.shape), jnp.float32)
+
+    v = compute_drift_field(x, y_pos, **opts)
+    assert np.isfinite(np.asarray(v)).all()
+    if kind == 'identical':
+        np.testing.assert_array_equal(np.asarray(v), 0.0)
+    field_grad = jax.grad(lambda x_: jnp.sum(compute_drift_field(x_, y_pos, **opts) * probe))(
+        jnp.asarray(x))
+    assert np.isfinite(np.asarray(field_grad)).all()
+    loss, stats = drift_loss(x, y_pos, opts=DriftOptions(**opts))
+    assert np.isfinite(float(loss)) and all(np.isfinite(float(s)) for s in stats.values())
+    loss_grad = jax.grad(lambda x_: drift_loss(x_, y_pos, opts=DriftOptions(**opts))[0])(
+        jnp.asarray(x))
+    assert np.isfinite(np.asarray(loss_grad)).all()
+
+
+def test_tau_0p01_far_points_log_space_field_matches_reference() -> None:
+    """Raw kernel values ~exp(-1000) underflow; the log-space field must not (V ~ 1e-24)."""
+    x, y_pos, opts = _degenerate_inputs('far-tau0.01')
+    opts['normalize_drift'] = False
+    v = np.asarray(compute_drift_field(x, y_pos, **opts))
+    want, _ = reference(x, y_pos, **opts)
+    assert np.abs(want).max() > 1e-30  # Tiny but far above float32's smallest normal.
+    assert_field_close(v, want)
+
+
+_RMS_UNDERFLOW_BUG = (
+    'BUG: normalize_drift computes mean(V_tau**2) in float32; for tau=0.01 on far points '
+    'V_tau ~ 3e-24 so the squares underflow to 0, rms is floored at 1e-12 and the result is '
+    '~3e-12 instead of the unit-RMS field (reference RMS 1, direction is right).')
+
+
+@pytest.mark.xfail(strict=True, reason=_RMS_UNDERFLOW_BUG)
+def test_tau_0p01_far_points_normalized_field_matches_reference() -> None:
+    x, y_pos, opts = _degenerate_inputs('far-tau0.01')
+    v = np.asarray(compute_drift_field(x, y_pos, **opts))
+    want, _ = reference(x, y_pos, **opts)
+    np.testing.assert_allclose(np.sqrt(np.mean(want ** 2)), 1.0, rtol=1e-9)
+    assert_field_close(v, want)
+
+
+def test_bf16_inputs() -> None:
+    rng = np.random.default_rng(7)
+    x32 = jnp.asarray(_f32(rng.normal(size=(16, 2))))
+    y32 = jnp.asarray(_f32(rng.normal(size=(24, 2)) + 0.5))
+    x16, y16 = x32.astype(jnp.bfloat16), y32.astype(jnp.bfloat16)
+    v16 = compute_drift_field(x16, y16)
+    assert v16.dtype == jnp.float32 and v16.shape == (16, 2)
+    # Computed in float32: identical to feeding the bf16-rounded values as float32.
+    v_rounded = compute_drift_field(x16.astype(jnp.float32), y16.astype(jnp.float32))
+    np.testing.assert_allclose(np.asarray(v16), np.asarray(v_rounded), rtol=1e-6, atol=1e-6)
+    # Close to the unrounded float32 result (a broad temperature keeps logits well-conditioned).
+    v16_broad = np.asarray(compute_drift_field(x16, y16, temperatures=(0.5,)))
+    v32_broad = np.asarray(compute_drift_field(x32, y32, temperatures=(0.5,)))
+    np.testing.assert_allclose(v16_broad, v32_broad, atol=0.03 * np.abs(v32_broad).max())
+    grad = jax.grad(lambda x_: jnp.sum(compute_drift_field(x_, y16) ** 2))(x16)
+    assert grad.dtype == jnp.bfloat16
+    assert np.isfinite(np.asarray(grad, np.float32)).all()
+    loss_grad = jax.grad(lambda x_: drift_loss(x_, y16)[0])(x16)
+    assert np.isfinite(np.asarray(loss_grad, np.float32)).all()
+
+
+# ----------------------------------------------------------------------------
+# 3. Grouped form == each group separately.
+
+
+def test_grouped_equals_separate_groups() -> None:
+    case = Case(8, 12, 3, m_neg=10, groups=3, weights='both')
+    x, y_pos, y_neg, kwargs = _make_inputs(case, seed=8)
+    kwargs['weights_neg'] = np.stack([_weights(np.random.default_rng(k), 10, zero_at=k)
+                                      for k in range(3)])
+    v = np.asarray(compute_drift_field(x, y_pos, y_neg, **kwargs))
+    loss, _ = drift_loss(x, y_pos, y_neg, **kwargs)
+    assert v.shape == x.shape
+    losses = []
+    for g in range(3):
+        per = {k: w[g] for k, w in kwargs.items()}
+        v_g = np.asarray(compute_drift_field(x[g], y_pos[g], y_neg[g], **per))
+        np.testing.assert_allclose(v[g], v_g, rtol=1e-5, atol=1e-6 * np.abs(v_g).max())
+        losses.append(float(drift_loss(x[g], y_pos[g], y_neg[g], **per)[0]))
+    np.testing.assert_allclose(float(loss), np.mean(losses), rtol=1e-5)
+    # Scale and RMS are per group: the groups' spreads differ 10x, and so do their fields.
+    rms = np.sqrt(np.mean(v ** 2, axis=(1, 2)))
+    assert rms[2] > 5 * rms[0]
+
+
+# ----------------------------------------------------------------------------
+# 4. drift_loss value.
+
+
+@pytest.mark.parametrize('name', ['small-default', 'd16-targets-1t-wpos',
+                                  'small-none-gauss-raw-3t', 'grouped-default-wpos',
+                                  'cfg-selfmask-default'])
+def test_loss_value_is_mean_squared_scaled_field(name: str) -> None:
+    case = CASES[name]
+    x, y_pos, y_neg, kwargs = _make_inputs(case, seed=len(name))
+    opts = _full_opts(case.opts)
+    self_mask = kwargs.pop('self_mask', None)
+    loss, stats = drift_loss(x, y_pos, y_neg, DriftOptions(self_mask=self_mask, **opts),
+                             **kwargs)
+    assert loss.shape == () and loss.dtype == jnp.float32
+    want_v, c = reference(x, y_pos, y_neg, kwargs.get('weights_pos'),
+                          kwargs.get('weights_neg'), self_mask=self_mask, **opts)
+    c = np.asarray(c)[..., None, None] if case.groups else c
+    want = np.mean(np.sum((want_v / c) ** 2, axis=-1))
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    v = np.asarray(compute_drift_field(x, y_pos, y_neg, self_mask=self_mask, **kwargs, **opts))
+    np.testing.assert_allclose(float(loss), np.mean(np.sum((v / c) ** 2, axis=-1)), rtol=1e-5)
+    assert np.isfinite(float(stats['drift_norm']))
+
+
+# ----------------------------------------------------------------------------
+# 5. Bad input.
+
+
+def _field(**kw):
+    x = np.zeros((5, 2), np.float32)
+    y = np.ones((6, 2), np.float32)
+    args = dict(x=x, y_pos=y)
+    args.update(kw)
+    return compute_drift_field(args.pop('x'), args.pop('y_pos'), args.pop('y_neg', None),
+                               **args)
+
+
+@pytest.mark.parametrize('call,match', [
+    (lambda: _field(temperatures=(0.05, 0.0)), r'temperatures.*0\.0'),
+    (lambda: _field(temperatures=(-0.1,)), r'temperatures.*-0\.1'),
+    (lambda: _field(temperatures=()), 'temperatures'),
+    (lambda: _field(kernel='cauchy'), "'cauchy'.*laplace.*gaussian"),
+    (lambda: _field(normalize='rows'), "'rows'.*both.*targets.*none"),
+    (lambda: _field(block_size=-2), 'block_size=-2'),
+    (lambda: DriftOptions(kernel='cosine'), "'cosine'"),
+    (lambda: options_from_config({'temperatures': (0.05,), 'bogus': 1}), "bogus"),
+    (lambda: _field(y_pos=np.ones((6, 3), np.float32)), r'y_pos.*\(6, 3\)'),
+    (lambda: _field(y_neg=np.ones((4, 3), np.float32)), r'y_neg.*\(4, 3\)'),
+    (lambda: _field(y_pos=np.ones((6,), np.float32)), r'y_pos.*\(6,\)'),
+    (lambda: _field(weights_pos=np.ones(5, np.float32)), r'weights_pos.*\(5,\).*\[6\]'),
+    (lambda: _field(weights_neg=np.ones((2, 5), np.float32)), r'weights_neg.*\(2, 5\)'),
+    (lambda: _field(y_neg=np.ones((3, 2), np.float32), self_mask=True), r'self_mask.*N=5'),
+], ids=['tau-zero', 'tau-negative', 'tau-empty', 'kernel', 'normalize', 'block-size',
+        'options-kernel', 'config-unknown', 'dim-y-pos', 'dim-y-neg', 'rank-y-pos',
+        'weights-pos-shape', 'weights-neg-shape', 'self-mask-too-few'])
+def test_bad_input_raises(call, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_options_from_config() -> None:
+    opts = options_from_config({'temperatures': [0.05], 'kernel': 'gaussian'})
+    assert opts == DriftOptions(temperatures=(0.05,), kernel='gaussian')
+    assert options_from_config({'temperatures': 0.1}).temperatures == (0.1,)
+    hash(opts)  # Usable as a static jit argument.
+
+
+# ----------------------------------------------------------------------------
+# 6. Log-space geometric mean vs the official floored affinity.
+
+
+def test_log_space_affinity_is_not_floored() -> None:
+    """At 128 x 256 in 2-D, sqrt(max(row * col, 1e-6)) gives far pairs 1e-3 instead of ~0.
+
+    Queries around the origin, positives: 96 near (2, 0) and 32 far around (-25, 0), in the
+    opposite direction. The exact field pulls the queries to the near cluster; the floored one
+    (same formula, only the floor added) drags most of them toward the far one. The library
+    must equal the exact reference, which differs materially from the floored one.
+    """
+    rng = np.random.default_rng(9)
+    n = 128
+    x = _f32(rng.normal(size=(n, 2)))
+    near = rng.normal(size=(96, 2)) * 0.7 + np.array([2.0, 0.0])
+    far = rng.normal(size=(32, 2)) * 0.5 + np.array([-25.0, 0.0])
+    y_pos = _f32(np.concatenate([near, far]))
+    args = (x, y_pos, x, np.ones(n), np.ones(n))
+    kw = dict(temperatures=PAPER_TEMPS, self_mask=True)
+    exact, _, a_exact = reference_field(*args, **kw)
+    floored, _, a_floor = reference_field(*args, floor=1e-6, **kw)
+    far_cols = slice(n + 96, n + 128)  # Targets are [x; near; far].
+    for a_e, a_f in zip(a_exact, a_floor):
+        assert a_e[:, far_cols].max() < 1e-5  # ~0 (2e-6 at tau=0.2, 1e-45 at tau=0.02).
+        assert a_f[:, far_cols].min() >= 1e-3 - 1e-12
+    # The floor changes the field materially, not just in the last digits.
+    assert np.linalg.norm(floored - exact) > 0.5 * np.linalg.norm(exact)
+    assert np.mean(exact[:, 0] > 0) > 0.9  # Toward the near cluster.
+    assert np.mean(floored[:, 0] < 0) > 0.6  # Toward the far cluster.
+
+    v = np.asarray(compute_drift_field(x, y_pos))
+    assert_field_close(v, exact)
+    assert np.linalg.norm(v - floored) > 0.5 * np.linalg.norm(floored)
+    assert np.mean(v[:, 0] > 0) > 0.9
