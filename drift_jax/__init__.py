@@ -1,1 +1,32 @@
-"""drift_jax: Drifting Models (one-step generative models) in JAX and Flax."""
+"""drift_jax: Drifting Models (one-step generative models) in JAX and Flax.
+
+The notebook-level API is importable from the top level; submodules load on first use, so
+`import drift_jax` is cheap and has no side effects (no device or distributed start-up).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = '0.1.0'
+
+_EXPORTS = {
+    'compute_drift_field': 'drift_jax.drift',
+    'drift_loss': 'drift_jax.drift',
+    'DriftOptions': 'drift_jax.drift',
+    'train_and_evaluate': 'drift_jax.train',
+    'make_train_step': 'drift_jax.train',
+    'create_train_state': 'drift_jax.train',
+    'sample': 'drift_jax.train',
+    'load_run': 'drift_jax.train',
+    'Setup': 'drift_jax.train',
+    'energy_distance': 'drift_jax.metrics',
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
