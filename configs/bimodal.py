@@ -14,4 +14,10 @@ def get_config(init: str = 'middle'):
     c = defaults.toy_config()
     c.data.name = 'bimodal'
     c.model.init = init
+    # The paper's field: three temperatures on scale-normalised distances, each RMS-normalised.
+    # The single raw temperature of the other toys sees only the nearest mode (exp(-3/0.05)
+    # ~ 1e-26 across the gap) and keeps a collapsed start collapsed.
+    c.drift.temperatures = (0.02, 0.05, 0.2)
+    c.drift.scale_dist = True
+    c.drift.normalize_drift = True
     return c

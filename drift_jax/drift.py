@@ -18,10 +18,14 @@ Array = jax.Array
 KERNELS = ('laplace', 'gaussian')
 NORMALIZATIONS = ('both', 'targets', 'none')
 PAPER_TEMPERATURES = (0.02, 0.05, 0.2)
-# Logit given to masked pairs (self pairs, padding). Finite so that a fully masked
-# column of the query-side softmax stays finite; exp() of it is exactly 0 in float32.
-_MASKED_LOGIT = -1e30
 _MIN_SCALE = 1e-8
+# Floor of squared distances under the Laplace kernel's sqrt: keeps its gradient finite at
+# zero distance; sqrt(1e-30) = 1e-15 is far below any distance that matters.
+_MIN_SQ = 1e-30
+# Up to this dimension distances use explicit differences (exact); above, the matmul form.
+_EXACT_DIFF_MAX_DIM = 8
+# Largest integer ratio between temperature rates computed by repeated products of one exp.
+_MAX_POWER = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +98,26 @@ def options_from_config(drift_config: Any) -> DriftOptions:
     return DriftOptions(**cfg)
 
 
+def _squared_distances(x_nd: Array, y_md: Array) -> Array:
+    """Squared Euclidean distances ||x_i - y_j||^2, shape [N, M], float32, >= 0.
+
+    D <= 8 uses explicit differences (exact for near-duplicates); larger D uses the matmul
+    expansion |x|^2 + |y|^2 - 2 x.y clamped at 0.
+    """
+    x_nd = x_nd.astype(jnp.float32)
+    y_md = y_md.astype(jnp.float32)
+    if x_nd.shape[-1] <= _EXACT_DIFF_MAX_DIM:
+        # Unrolled over D: elementwise [N, M] work vectorises far better on CPU than a
+        # reduction over a tiny trailing axis of an [N, M, D] broadcast (~17x here).
+        sq = jnp.zeros((x_nd.shape[0], y_md.shape[0]), jnp.float32)
+        for k in range(x_nd.shape[-1]):
+            sq = sq + jnp.square(x_nd[:, k, None] - y_md[None, :, k])
+        return sq
+    sq = (jnp.sum(jnp.square(x_nd), -1)[:, None] + jnp.sum(jnp.square(y_md), -1)[None, :]
+          - 2.0 * jnp.dot(x_nd, y_md.T, precision=jax.lax.Precision.HIGHEST))
+    return jnp.maximum(sq, 0.0)
+
+
 def pairwise_distances(x_nd: Array, y_md: Array) -> Array:
     """Euclidean distances d_ij = ||x_i - y_j||, shape [N, M], float32.
 
@@ -101,76 +125,258 @@ def pairwise_distances(x_nd: Array, y_md: Array) -> Array:
     matmul expansion |x|^2 + |y|^2 - 2 x.y clamped at 0. The square root has a safe
     gradient at zero distance.
     """
-    x_nd = x_nd.astype(jnp.float32)
-    y_md = y_md.astype(jnp.float32)
-    if x_nd.shape[-1] <= 8:
-        sq = jnp.sum(jnp.square(x_nd[:, None, :] - y_md[None, :, :]), axis=-1)
-    else:
-        sq = (jnp.sum(jnp.square(x_nd), -1)[:, None] + jnp.sum(jnp.square(y_md), -1)[None, :]
-              - 2.0 * jnp.dot(x_nd, y_md.T, precision=jax.lax.Precision.HIGHEST))
-        sq = jnp.maximum(sq, 0.0)
+    sq = _squared_distances(x_nd, y_md)
     positive = sq > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
-def _log_affinity(logits_nm: Array, normalize: str) -> Array:
-    """Log of the normalised kernel a_ij from logits l_ij, shape [N, M]."""
-    if normalize == 'none':
-        return logits_nm
-    row = jax.nn.log_softmax(logits_nm, axis=1)
-    if normalize == 'targets':
-        return row
-    col = jax.nn.log_softmax(logits_nm, axis=0)
-    return 0.5 * (row + col)
+# ----------------------------------------------------------------------------
+# The field engine. The dense form below runs it with one block per target set (the full
+# N x M matrices); drift_blocked scans it over blocks of targets; drift_sharded adds the
+# cross-device reductions (`axis_name`). Per group, with u_ij = d_ij (Laplace) or d_ij^2
+# (Gaussian), the logits are l_ij = -k u_ij with k = 1 / (s tau) or 1 / (2 s^2 tau^2).
+# Shifting by the exact row and column minima of u,
+#     e_ij = exp(-k/2 (u_ij - min_j' u_ij')),   f_ij = exp(-k/2 (u_ij - min_i' u_i'j)),
+# gives exp(0.5 (log_softmax_j l + log_softmax_i l))_ij = e_ij f_ij / sqrt(R_i C_j) with
+# R_i = sum_j e_ij^2 and C_j = sum_i f_ij^2: two exps per entry and temperature, every
+# exponent <= 0 (no overflow at any tau; an entry underflows only when it is below ~1e-38
+# of its row's or column's peak, where the exact value is negligible too). The column
+# factor and the weight fold into the matmul operand, the row factor is applied at the
+# end: V_i = (S-_i P_i - S+_i Q_i) / R_i with [Q | S-] = G- [y- | 1], [P | S+] = G+ [y+ | 1]
+# and G_ij = e_ij f_ij w_j / sqrt(C_j). All temperatures share one distance matrix and
+# one matmul ([T N, b] x [b, D + 1]).
 
 
-def _single_group_field(x_nd, y_pos, y_neg, w_pos, w_neg, opts: DriftOptions, mask_self):
-    """Field for one group in scaled coordinates. Returns (v_nd, coord_scale, stats)."""
-    n, d = x_nd.shape
-    n_neg = y_neg.shape[0]
-    targets = jnp.concatenate([y_neg, y_pos], axis=0)                    # [M, D]
-    w_m = jnp.concatenate([w_neg, w_pos], axis=0)                        # [M]
-    dist_nm = pairwise_distances(x_nd, targets)
-    valid_nm = jnp.broadcast_to(w_m[None, :] > 0, dist_nm.shape)
-    if mask_self:
-        eye = jnp.arange(n)[:, None] == jnp.arange(targets.shape[0])[None, :]
-        valid_nm = valid_nm & ~eye
+def _kappas(opts: DriftOptions) -> tuple[float, ...]:
+    """Static per-temperature rates: l = -kappa * u / s (Laplace) or / s^2 (Gaussian)."""
+    if opts.kernel == 'laplace':
+        return tuple(1.0 / t for t in opts.temperatures)
+    return tuple(1.0 / (2.0 * t * t) for t in opts.temperatures)
 
-    if opts.scale_dist:
-        wv = jnp.where(valid_nm, w_m[None, :], 0.0)
-        scale = jnp.sum(dist_nm * wv) / jnp.maximum(jnp.sum(wv), _MIN_SCALE)
-        scale = jax.lax.stop_gradient(jnp.maximum(scale, _MIN_SCALE))
+
+def _kernel_u(sq: Array, kernel: str) -> Array:
+    """The kernel's distance measure u: d (Laplace, with a finite-gradient sqrt) or d^2."""
+    if kernel == 'laplace':
+        return jnp.sqrt(jnp.maximum(sq, _MIN_SQ))
+    return sq
+
+
+def _power_plan(kappas: Sequence[float]) -> tuple[float, tuple[int, ...]] | None:
+    """(base, n_t) with kappa_t = n_t * base for small integers n_t, else None.
+
+    Then exp(-kappa_t x) = exp(-base x) ** n_t: one exp per entry for all temperatures
+    (the paper's 0.02, 0.05, 0.2 give 10, 4, 1). Repeated products add ~n_t ulps.
+    """
+    if len(kappas) < 2:
+        return None
+    lo = min(kappas)
+    for div in (1, 2, 3, 4):
+        base = lo / div
+        ratios = [k / base for k in kappas]
+        ints = [round(r) for r in ratios]
+        if all(abs(r - i) <= 1e-6 * i and i <= _MAX_POWER for r, i in zip(ratios, ints)):
+            return base, tuple(ints)
+    return None
+
+
+def _neg_exps(delta: Array, rate: Array, kappas: Sequence[float]) -> list[Array]:
+    """[exp(-rate * kappa_t * delta) for each t], sharing one exp when the rates allow."""
+    plan = _power_plan(kappas)
+    if plan is None:
+        return [jnp.exp(delta * (-rate * k)) for k in kappas]
+    base, ints = plan
+    powers = {1: jnp.exp(delta * (-rate * base))}
+
+    def power(n):
+        if n not in powers:
+            half = power(n // 2)
+            sq = half * half
+            powers[n] = sq if n % 2 == 0 else sq * powers[1]
+        return powers[n]
+
+    return [power(n) for n in ints]
+
+
+def _block_valid(n: int, w_b: Array, q_valid: Array | None, q_index: Array | None,
+                 t_index: Array | None) -> Array:
+    """Valid pairs of a block, bool [N, b]: positive weight, real query, not a self pair.
+
+    q_index/t_index (global query and negative indices) are given only with self-masking.
+    """
+    valid = jnp.broadcast_to((w_b > 0)[None, :], (n, w_b.shape[0]))
+    if q_valid is not None:
+        valid = valid & q_valid[:, None]
+    if q_index is not None:
+        valid = valid & (q_index[:, None] != t_index[None, :])
+    return valid
+
+
+def _pass1_block(sq: Array, valid: Array, w_b: Array, scale_dist: bool):
+    """First-pass statistics of a block: (row min [N], col min [b]) of sq, sum d w, sum w."""
+    sq_valid = jnp.where(valid, sq, jnp.inf)
+    row_min = jnp.min(sq_valid, axis=1)
+    col_min = jnp.min(sq_valid, axis=0)
+    if scale_dist:
+        d = jnp.where(valid, jnp.sqrt(jnp.maximum(sq, _MIN_SQ)), 0.0)
+        sum_dw = jnp.dot(jnp.sum(d, axis=0), w_b)
+        sum_w = jnp.dot(jnp.sum(valid, axis=0, dtype=jnp.float32), w_b)
     else:
-        scale = jnp.ones((), jnp.float32)
-    coord_scale = scale / jnp.sqrt(jnp.float32(d)) if opts.scale_dist else scale
-    dist_nm = dist_nm / scale
-    t_s = targets / coord_scale
+        sum_dw = sum_w = jnp.zeros((), jnp.float32)
+    return row_min, col_min, sum_dw, sum_w
 
-    log_w = jnp.log(jnp.where(w_m > 0, w_m, 1.0))
-    v_nd = jnp.zeros((n, d), jnp.float32)
+
+def _shift(sq_min: Array, kernel: str) -> Array:
+    """Log-sum-exp shift in u units from a minimum of sq (0 where nothing is valid)."""
+    u = _kernel_u(sq_min, kernel)
+    return jax.lax.stop_gradient(jnp.where(jnp.isfinite(u), u, 0.0))
+
+
+def _scales(sum_dw: Array, sum_w: Array, d: int, opts: DriftOptions):
+    """(s, coordinate scale, logit rate 1/s or 1/s^2) from the pass-1 weighted sums."""
+    if opts.scale_dist:
+        scale = sum_dw / jnp.maximum(sum_w, _MIN_SCALE)
+        scale = jax.lax.stop_gradient(jnp.maximum(scale, _MIN_SCALE))
+        coord_scale = scale / jnp.sqrt(jnp.float32(d))
+    else:
+        scale = coord_scale = jnp.ones((), jnp.float32)
+    rate = 1.0 / scale if opts.kernel == 'laplace' else 1.0 / jnp.square(scale)
+    return scale, coord_scale, rate
+
+
+def _pass2_block(sq: Array, valid: Array, y_b: Array, w_b: Array, row_shift: Array,
+                 col_shift: Array, rate: Array, opts: DriftOptions, axis_name=None):
+    """Second-pass terms of a block of b targets.
+
+    Args:
+      sq, valid: squared distances and valid pairs, [N, b].
+      y_b, w_b: the block's (centred) targets [b, D] and weights [b].
+      row_shift, col_shift: exact row minima [N] and column minima [b] of u.
+      rate: 1/s (Laplace) or 1/s^2 (Gaussian); axis_name: devices holding other queries.
+
+    Returns:
+      (row sums R [T, N] of this block, accumulators [T, N, D + 1] = G [y | 1]).
+    """
+    n, b = sq.shape
+    kappas = _kappas(opts)
+    u = jnp.where(valid, _kernel_u(sq, opts.kernel), jnp.inf)
+    if opts.normalize == 'none':
+        gs = [g * w_b for g in _neg_exps(u, rate, kappas)]
+        row_sums = jnp.zeros((len(kappas), n), jnp.float32)
+    elif opts.normalize == 'targets':
+        es = _neg_exps(u - row_shift[:, None], rate, kappas)
+        row_sums = jnp.stack([jnp.sum(e, axis=1) for e in es])
+        gs = [e * w_b for e in es]
+    else:
+        es = _neg_exps(u - row_shift[:, None], 0.5 * rate, kappas)
+        fs = _neg_exps(u - col_shift[None, :], 0.5 * rate, kappas)
+        row_sums = jnp.stack([jnp.sum(e * e, axis=1) for e in es])
+        col_sums = jnp.stack([jnp.sum(f * f, axis=0) for f in fs])       # [T, b]
+        if axis_name is not None:
+            col_sums = jax.lax.psum(col_sums, axis_name)
+        col_factor = _safe_pow(col_sums, -0.5) * w_b                      # [T, b]
+        gs = [e * f * c for e, f, c in zip(es, fs, col_factor)]
+    y_aug = jnp.concatenate([y_b, jnp.ones((b, 1), jnp.float32)], axis=1)
+    g = jnp.stack(gs).reshape(len(kappas) * n, b)
+    acc = jnp.dot(g, y_aug, precision=jax.lax.Precision.HIGHEST)
+    return row_sums, acc.reshape(len(kappas), n, -1)
+
+
+def _safe_pow(x: Array, p: float) -> Array:
+    """x ** p for x > 0, else 0 (finite gradients)."""
+    pos = x > 0
+    return jnp.where(pos, jnp.power(jnp.where(pos, x, 1.0), p), 0.0)
+
+
+def _finish(row_sums: Array, acc_neg: Array, acc_pos: Array, scale: Array,
+            coord_scale: Array, n_total: int, opts: DriftOptions, axis_name=None):
+    """Field [N, D] in scaled coordinates and stats from the accumulated terms.
+
+    row_sums [T, N], acc_neg/acc_pos [T, N, D + 1]; n_total counts the real queries over
+    all devices (for the RMS of each temperature's field).
+    """
+    d = acc_neg.shape[-1] - 1
+    if opts.normalize == 'both':
+        row_factor = _safe_pow(row_sums, -1.0)
+    elif opts.normalize == 'targets':
+        row_factor = _safe_pow(row_sums, -2.0)
+    else:
+        row_factor = jnp.ones_like(row_sums)
+    q, s_neg = acc_neg[..., :d], acc_neg[..., d:]
+    p, s_pos = acc_pos[..., :d], acc_pos[..., d:]
+    # The two terms' coefficients sum to zero, so V is translation invariant; the
+    # explicit "- x" terms of the mean-shift form cancel and are omitted.
+    v_t = row_factor[..., None] * (s_neg * p - s_pos * q) / coord_scale     # [T, N, D]
+    rms, v_unit = _rms_normalize(v_t, n_total * d, axis_name)
     stats = {'scale': scale}
-    for tau in opts.temperatures:
-        if opts.kernel == 'laplace':
-            logits = -dist_nm / tau
-        else:
-            logits = -jnp.square(dist_nm) / (2.0 * tau * tau)
-        logits = jnp.where(valid_nm, logits, _MASKED_LOGIT)
-        log_a = _log_affinity(logits, opts.normalize) + log_w[None, :]
-        a_nm = jnp.where(valid_nm, jnp.exp(log_a), 0.0)
-        a_neg, a_pos = a_nm[:, :n_neg], a_nm[:, n_neg:]
-        s_neg = jnp.sum(a_neg, axis=1, keepdims=True)
-        s_pos = jnp.sum(a_pos, axis=1, keepdims=True)
-        hp = jax.lax.Precision.HIGHEST
-        v_tau = (s_neg * jnp.dot(a_pos, t_s[n_neg:], precision=hp)
-                 - s_pos * jnp.dot(a_neg, t_s[:n_neg], precision=hp))
-        # The two terms' coefficients sum to zero, so V is translation invariant; the
-        # explicit "- x" terms of the mean-shift form cancel and are omitted.
-        rms = jnp.sqrt(jnp.mean(jnp.square(v_tau)))
-        stats[f'rms_tau_{tau:g}'] = rms
-        if opts.normalize_drift:
-            v_tau = v_tau / jnp.maximum(rms, 1e-12)
-        v_nd = v_nd + v_tau
-    return v_nd, coord_scale, stats
+    for tau, r in zip(opts.temperatures, rms):
+        stats[f'rms_tau_{tau:g}'] = r
+    return jnp.sum(v_unit if opts.normalize_drift else v_t, axis=0), coord_scale, stats
+
+
+def _rms_normalize(v_t: Array, count: int, axis_name=None) -> tuple[Array, Array]:
+    """RMS of each temperature's field [T] over `count` entries, and V_t / RMS [T, N, D].
+
+    Measured relative to the largest |V| (held constant for differentiation; V / RMS does
+    not depend on it) so that tiny fields (tau = 0.01 on far points, V ~ 1e-24) neither
+    underflow when squared nor give infinite gradients; an all-zero field stays 0.
+    """
+    peak = jax.lax.stop_gradient(jnp.max(jnp.abs(v_t), axis=(1, 2)))
+    if axis_name is not None:
+        peak = jax.lax.pmax(peak, axis_name)
+    nonzero = peak > 0
+    unit = v_t / jnp.where(nonzero, peak, 1.0)[:, None, None]
+    sum_sq = jnp.sum(jnp.square(unit), axis=(1, 2))
+    if axis_name is not None:
+        sum_sq = jax.lax.psum(sum_sq, axis_name)
+    root = jnp.sqrt(jnp.where(nonzero, sum_sq / count, 1.0))
+    rms = jnp.where(nonzero, peak * root, 0.0)
+    return rms, unit / root[:, None, None]
+
+
+def _target_center(y_pos: Array, y_neg: Array) -> Array:
+    """Mean of all targets [D]; V is translation invariant, centring only helps rounding."""
+    total = jnp.sum(y_neg, axis=0) + jnp.sum(y_pos, axis=0)
+    return jax.lax.stop_gradient(total / max(y_neg.shape[0] + y_pos.shape[0], 1))
+
+
+def _single_group_field(x_nd, y_pos, y_neg, w_pos, w_neg, opts: DriftOptions, mask_self,
+                        *, q_valid=None, q_offset=0, n_total=None, axis_name=None):
+    """Dense field for one group in scaled coordinates: (v [N, D], coord_scale, stats).
+
+    x_nd [N, D]; y_pos [M+, D]; y_neg [M-, D]; w_pos [M+]; w_neg [M-]. Builds the full
+    [N, M-] and [N, M+] matrices. For the sharded form, x_nd holds this device's queries:
+    q_valid [N] marks real (not padding) rows, q_offset is the first row's global index,
+    n_total the global number of real queries, and axis_name the query mesh axis.
+    """
+    n, d = x_nd.shape
+    n_total = n if n_total is None else n_total
+    center = _target_center(y_pos, y_neg)
+    q_index = q_offset + jnp.arange(n) if mask_self else None
+    sets = ((y_neg, w_neg, jnp.arange(y_neg.shape[0]) if mask_self else None),
+            (y_pos, w_pos, None))
+    sqs, valids, firsts = [], [], []
+    for y, w, t_index in sets:
+        sq = _squared_distances(x_nd, y)
+        valid = _block_valid(n, w, q_valid, q_index if t_index is not None else None,
+                             t_index)
+        sqs.append(sq)
+        valids.append(valid)
+        firsts.append(_pass1_block(sq, valid, w, opts.scale_dist))
+    row_min = jnp.minimum(firsts[0][0], firsts[1][0])
+    col_mins = [f[1] for f in firsts]
+    sum_dw = firsts[0][2] + firsts[1][2]
+    sum_w = firsts[0][3] + firsts[1][3]
+    if axis_name is not None:
+        col_mins = [jax.lax.pmin(c, axis_name) for c in col_mins]
+        sum_dw, sum_w = jax.lax.psum((sum_dw, sum_w), axis_name)
+    scale, coord_scale, rate = _scales(sum_dw, sum_w, d, opts)
+    row_shift = _shift(row_min, opts.kernel)
+    outs = []
+    for (y, w, _), sq, valid, col_min in zip(sets, sqs, valids, col_mins):
+        outs.append(_pass2_block(sq, valid, y - center, w, row_shift,
+                                 _shift(col_min, opts.kernel), rate, opts, axis_name))
+    return _finish(outs[0][0] + outs[1][0], outs[0][1], outs[1][1], scale, coord_scale,
+                   n_total, opts, axis_name)
 
 
 def _prepare(x, y_pos, y_neg, weights_pos, weights_neg, opts):
