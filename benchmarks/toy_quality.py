@@ -32,7 +32,6 @@ _POINTS = flags.DEFINE_string('points', None, 'Also train configs/points.py on t
 
 
 def load_config(name: str):
-    from ml_collections import config_flags  # noqa: F401  (keeps the loader's imports warm)
     import importlib.util
     file, _, arg = name.partition(':')
     spec = importlib.util.spec_from_file_location(file, os.path.join(ROOT, 'configs',

@@ -151,23 +151,43 @@ class Setup:
         self.mesh = make_mesh(config.mesh)
 
 
-def create_train_state(setup: Setup, seed: int) -> TrainState:
-    """Initialises the train state directly with its shardings (replicated parameters)."""
+def _init_fn(setup: Setup):
     def init(key):
         k_init, k_run = jax.random.split(key)
         params = setup.model.init(k_init, jnp.zeros((1, setup.noise_dim)))
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                           opt_state=setup.tx.init(params), rng=k_run)
+    return init
 
+
+def abstract_train_state(setup: Setup) -> TrainState:
+    """Shapes, dtypes and shardings of the train state, without allocating it."""
+    abstract = jax.eval_shape(_init_fn(setup), jax.random.PRNGKey(0))
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, state_shardings(setup.mesh, abstract))
+
+
+def create_train_state(setup: Setup, seed: int) -> TrainState:
+    """Initialises the train state directly with its shardings (never whole on one device)."""
     key = jax.random.PRNGKey(seed)
-    abstract = jax.eval_shape(init, key)
-    shardings = state_shardings(setup.mesh, abstract)
-    return jax.jit(init, out_shardings=shardings)(key)
+    shardings = state_shardings(setup.mesh, jax.eval_shape(_init_fn(setup), key))
+    return jax.jit(_init_fn(setup), out_shardings=shardings)(key)
 
 
 def state_shardings(mesh, abstract_state):
-    """Shardings of the train state: replicated (toy models are small)."""
-    return jax.tree.map(lambda _: NamedSharding(mesh, P()), abstract_state)
+    """Shardings of the train state.
+
+    Matrices whose first dimension divides by the mesh's `fsdp` size are split along it
+    (parameters, EMA and optimiser moments alike); everything else is replicated.
+    """
+    fsdp = mesh.shape['fsdp']
+
+    def rule(x):
+        if fsdp > 1 and x.ndim >= 2 and x.shape[0] % fsdp == 0:
+            return NamedSharding(mesh, P('fsdp'))
+        return NamedSharding(mesh, P())
+
+    return jax.tree.map(rule, abstract_state)
 
 
 def generate(model, params, key: jax.Array, n: int, noise_dim: int, mesh=None) -> jax.Array:
@@ -209,7 +229,8 @@ def make_train_step(setup: Setup) -> Callable[[TrainState, Any], tuple[TrainStat
         out = {'loss': loss, 'grad_norm': optax.tree.norm(grads), **stats}
         return new_state, out
 
-    return jax.jit(step_fn, donate_argnums=(0,))
+    shardings = jax.tree.map(lambda a: a.sharding, abstract_train_state(setup))
+    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(shardings, None))
 
 
 def sample(setup: Setup, params, key: jax.Array, n: int) -> np.ndarray:
@@ -309,15 +330,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                       max_to_keep=config.train.max_to_keep)
-    state = create_train_state(setup, config.train.seed)
-    restored = ckpt.restore(state)
+    restored = ckpt.restore(abstract_train_state(setup))
     if restored is not None:
         state, start = restored
         logging.info('Resumed from step %d in %s', start, workdir)
         if is_main:
             print(f'drift_jax: resumed from step {start} of {total}', flush=True)
     else:
-        start = 0
+        state, start = create_train_state(setup, config.train.seed), 0
     last_saved = start if restored is not None else None
     writer = writers.MetricWriter(workdir, enabled=is_main, resume_step=start)
     sample_dir = os.path.join(workdir, 'samples')
@@ -398,10 +418,7 @@ def load_run(workdir: str) -> tuple[Setup, TrainState, int]:
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
     setup = Setup(config)
-    abstract = jax.eval_shape(lambda: create_train_state(setup, 0))
-    abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-        state_shardings(setup.mesh, abstract))
+    abstract = abstract_train_state(setup)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), use_async=False)
     try:
         restored = ckpt.restore(abstract)
