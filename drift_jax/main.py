@@ -10,11 +10,18 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from drift_jax import distributed
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (ml_collections get_config()).', lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Where checkpoints, metrics and samples go. Default: '
     'workdirs/<config name>. Re-running with the same workdir resumes.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, "Multi-process runs: 'host:port' of process 0. Default: from "
+    'the environment (launch/*, SLURM, Cloud TPU); see drift_jax/distributed.py.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process runs: process count.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process runs: this process id.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -30,6 +37,12 @@ def main(argv):
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     if not flags.FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)    # orbax logs every save at INFO
+    try:
+        spec = distributed.detect(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    if spec is not None:      # Before anything touches jax devices.
+        distributed.initialize(spec)
     from drift_jax import train  # after flag parsing: importing jax early is slow for --help
 
     workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(
