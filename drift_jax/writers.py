@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 def check_writable(workdir: str) -> None:
     """Fails at start-up, with the path in the message, if `workdir` cannot be written."""
-    probe = os.path.join(workdir, '.write_test')
+    probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
     try:
         with open(probe, 'w') as f:
             f.write('ok')
