@@ -40,7 +40,7 @@ def main(argv):
             key, value = item.split('=', 1)
             section, field = key.split('.')
             config[section][field] = json.loads(value)
-        setup = train.Setup(config)
+        setup = train.make_task(config)
         state = train.create_train_state(setup, 0)
         step = train.make_train_step(setup)
         t0 = time.perf_counter()

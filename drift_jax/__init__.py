@@ -19,7 +19,7 @@ _EXPORTS = {
     'create_train_state': 'drift_jax.train',
     'sample': 'drift_jax.train',
     'load_run': 'drift_jax.train',
-    'Setup': 'drift_jax.train',
+    'make_task': 'drift_jax.train',
     'energy_distance': 'drift_jax.metrics',
 }
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -26,6 +27,9 @@ from jax.sharding import PartitionSpec as P
 from drift_jax import checkpointing, data, drift, metrics, models, writers
 
 SCHEDULES = ('cosine', 'constant')
+# config.task -> 'module:Class' of the task ('' = this module). Tasks import lazily.
+TASKS = {'toy': ':ToyTask', 'image': 'drift_jax.image_task:ImageTask',
+         'mae': 'drift_jax.image_task:MAETask'}
 
 
 @flax.struct.dataclass
@@ -37,6 +41,7 @@ class TrainState:
     ema_params: Any          # exponential moving average of params; used for samples
     opt_state: Any
     rng: jax.Array           # uint32 [2]; per-step keys are fold_in(rng, step)
+    extra: Any = None        # task-held state, e.g. the image memory bank
 
 
 # ----------------------------------------------------------------------------- config
@@ -54,9 +59,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
 
     Runs before anything is compiled, so a typo fails in a second, not after a compile.
     """
-    data.validate_data_config(config.data)
-    models.validate_model_config(config.model)
-    drift.options_from_config(config.drift)
+    task = config.get('task', 'toy')
+    if task not in TASKS:
+        raise ValueError(f'task={task!r} is unknown; choose one of {tuple(TASKS)}.')
+    _task_class(task).validate(config)
     o, t, e = config.optim, config.train, config.eval
     _positive(o.learning_rate, 'optim.learning_rate')
     if o.schedule not in SCHEDULES:
@@ -66,19 +72,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
                          f'>= 0, got {o.warmup_steps}, {o.grad_clip}, {o.weight_decay}.')
     if not 0 <= o.final_lr_fraction <= 1:
         raise ValueError(f'optim.final_lr_fraction must be in [0, 1], got {o.final_lr_fraction}.')
-    for name in ('steps', 'batch_size', 'num_pos', 'log_every', 'checkpoint_every',
-                 'max_to_keep'):
+    for name in ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'max_to_keep'):
         _positive(t[name], f'train.{name}', int)
     if not 0 <= t.ema_decay < 1:
         raise ValueError(f'train.ema_decay must be in [0, 1), got {t.ema_decay}.')
     _positive(e.every, 'eval.every', int)
     _positive(e.num_samples, 'eval.num_samples', int)
-    if config.model.init != 'default':
-        if config.data.name != 'bimodal':
-            raise ValueError(f'model.init={config.model.init!r} is only defined for '
-                             "data.name='bimodal'; use 'default'.")
-        data.bimodal_init(config.model.init)
-    mesh_shape(config.mesh, num_devices)
     n_data = mesh_shape(config.mesh, num_devices)[0]
     if t.batch_size % n_data:
         raise ValueError(f'train.batch_size={t.batch_size} is not divisible by the {n_data} '
@@ -131,11 +130,27 @@ def make_optimizer(optim_config, total_steps: int) -> optax.GradientTransformati
     return optax.chain(*parts)
 
 
-class Setup:
-    """The objects a run is made of, built from a validated config."""
+class ToyTask:
+    """Low-dimensional data (2-D toys, a user's point cloud) with an MLP generator.
+
+    A task is what the one train loop is parameterised by: how to initialise parameters,
+    the pure loss of one step, how to evaluate and how to sample.
+    """
+
+    @staticmethod
+    def validate(config: ml_collections.ConfigDict) -> None:
+        """Toy-specific checks (data, model, drift options, positives per step)."""
+        data.validate_data_config(config.data)
+        models.validate_model_config(config.model)
+        drift.options_from_config(config.drift)
+        _positive(config.train.num_pos, 'train.num_pos', int)
+        if config.model.init != 'default':
+            if config.data.name != 'bimodal':
+                raise ValueError(f'model.init={config.model.init!r} is only defined for '
+                                 "data.name='bimodal'; use 'default'.")
+            data.bimodal_init(config.model.init)
 
     def __init__(self, config: ml_collections.ConfigDict):
-        validate_config(config)
         self.config = config
         self.dataset = data.make_dataset(config.data)
         offset = None
@@ -146,28 +161,66 @@ class Setup:
         model_cfg.out_scale = float(out_scale)
         self.model = models.make_generator(model_cfg, self.dataset.dim, out_offset=offset)
         self.noise_dim = int(config.model.noise_dim)
-        self.tx = make_optimizer(config.optim, config.train.steps)
         self.drift_options = drift.options_from_config(config.drift)
         self.mesh = make_mesh(config.mesh)
+        self.tx = make_optimizer(config.optim, config.train.steps)
+
+    def init(self, key: jax.Array) -> tuple[Any, Any]:
+        """(params, extra): generator parameters and task-held state (none for toys)."""
+        return self.model.init(key, jnp.zeros((1, self.noise_dim))), {}
+
+    def loss(self, params, extra, key: jax.Array, batch) -> tuple[jax.Array, tuple]:
+        """Drifting loss of one step; positives are drawn inside the step (pure JAX)."""
+        del batch
+        k_noise, k_data = jax.random.split(key)
+        cfg = self.config.train
+        y_pos = self.dataset.sample(k_data, cfg.num_pos)
+        x = generate(self.model, params, k_noise, cfg.batch_size, self.noise_dim, self.mesh)
+        loss, stats = drift.drift_loss(x, y_pos, None, self.drift_options)
+        return loss, (stats, extra)
+
+    def host_batch(self, step: int):
+        """Host-side data for `step` (None: toy data are sampled inside the step)."""
+        del step
+
+    def make_evaluator(self, seed: int) -> ToyEvaluator:
+        return ToyEvaluator(self, seed)
+
+    def sample(self, params, key: jax.Array, n: int) -> np.ndarray:
+        """n samples [n, D] from the generator with `params`, in the user's coordinates."""
+        x = jax.jit(generate, static_argnums=(0, 3, 4))(self.model, params, key, n,
+                                                         self.noise_dim)
+        return np.asarray(self.dataset.to_data_space(np.asarray(x)))
 
 
-def _init_fn(setup: Setup):
+def _task_class(name: str):
+    module, _, cls = TASKS[name].partition(':')
+    return globals()[cls] if not module else getattr(importlib.import_module(module), cls)
+
+
+def make_task(config: ml_collections.ConfigDict):
+    """Validates `config` (before any compile) and builds its task (`config.task`)."""
+    validate_config(config)
+    return _task_class(config.get('task', 'toy'))(config)
+
+
+def _init_fn(task):
     def init(key):
         k_init, k_run = jax.random.split(key)
-        params = setup.model.init(k_init, jnp.zeros((1, setup.noise_dim)))
+        params, extra = task.init(k_init)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                          opt_state=setup.tx.init(params), rng=k_run)
+                          opt_state=task.tx.init(params), rng=k_run, extra=extra)
     return init
 
 
-def abstract_train_state(setup: Setup) -> TrainState:
+def abstract_train_state(setup) -> TrainState:
     """Shapes, dtypes and shardings of the train state, without allocating it."""
     abstract = jax.eval_shape(_init_fn(setup), jax.random.PRNGKey(0))
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, state_shardings(setup.mesh, abstract))
 
 
-def create_train_state(setup: Setup, seed: int) -> TrainState:
+def create_train_state(setup, seed: int) -> TrainState:
     """Initialises the train state directly with its shardings (never whole on one device)."""
     key = jax.random.PRNGKey(seed)
     shardings = state_shardings(setup.mesh, jax.eval_shape(_init_fn(setup), key))
@@ -198,84 +251,85 @@ def generate(model, params, key: jax.Array, n: int, noise_dim: int, mesh=None) -
     return model.apply(params, eps)
 
 
-def make_train_step(setup: Setup) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+def make_train_step(task) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Returns the jitted pure step `(state, batch) -> (state, metrics)`.
 
-    `batch` is None for samplers that run inside the step (toy data). The state is donated.
+    `batch` is the task's host data for the step (None for toy data, which are sampled
+    inside the step). Per-step keys are `fold_in(state.rng, state.step)`. The state is
+    donated and keeps its shardings.
     """
-    cfg = setup.config.train
-    model, tx, opts, mesh = setup.model, setup.tx, setup.drift_options, setup.mesh
-    batch_size, num_pos, ema_decay = cfg.batch_size, cfg.num_pos, cfg.ema_decay
-    dataset = setup.dataset
+    tx, ema_decay = task.tx, task.config.train.ema_decay
 
     def step_fn(state: TrainState, batch):
-        del batch
         key = jax.random.fold_in(state.rng, state.step)
-        k_noise, k_data = jax.random.split(key)
-        y_pos = dataset.sample(k_data, num_pos)
-
-        def loss_fn(params):
-            x = generate(model, params, k_noise, batch_size, setup.noise_dim, mesh)
-            return drift.drift_loss(x, y_pos, None, opts)
-
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+        (loss, (stats, extra)), grads = grad_fn(state.params, state.extra, key, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # EMA with a short ramp so early evaluations are not dominated by the random init.
         decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
         new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
-                                  opt_state=opt_state)
+                                  opt_state=opt_state, extra=extra)
         out = {'loss': loss, 'grad_norm': optax.tree.norm(grads), **stats}
         return new_state, out
 
-    shardings = jax.tree.map(lambda a: a.sharding, abstract_train_state(setup))
+    shardings = jax.tree.map(lambda a: a.sharding, abstract_train_state(task))
     return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(shardings, None))
 
 
-def sample(setup: Setup, params, key: jax.Array, n: int) -> np.ndarray:
-    """n samples [n, D] from the generator with `params`, in the user's data coordinates."""
-    x = jax.jit(generate, static_argnums=(0, 3, 4))(setup.model, params, key, n,
-                                                     setup.noise_dim)
-    return np.asarray(setup.dataset.to_data_space(np.asarray(x)))
+def sample(task, params, key: jax.Array, n: int, **kwargs) -> np.ndarray:
+    """n samples from the generator with `params`, in the user's data coordinates."""
+    return task.sample(params, key, n, **kwargs)
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
-class Evaluator:
+class ToyEvaluator:
     """Energy distance of EMA samples against held-out data, next to its noise floor.
 
     Fixed keys, so figures from different steps are comparable. The floor is the same
     metric between two independent data draws (train and eval streams) of the same size.
     """
 
-    def __init__(self, setup: Setup, seed: int):
-        self.setup = setup
-        n = setup.config.eval.num_samples
+    def __init__(self, task: ToyTask, seed: int):
+        self.task = task
+        n = task.config.eval.num_samples
         base = jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EED)
         self.k_gen, k_ref, k_fa, k_fb = jax.random.split(base, 4)
-        ds = setup.dataset
+        ds = task.dataset
         self.reference = np.asarray(ds.sample(k_ref, n, split='eval'))
         floor_a = np.asarray(ds.sample(k_fa, n, split='train'))
         floor_b = np.asarray(ds.sample(k_fb, n, split='eval'))
         # V-statistics: the floor is then strictly positive (~ E||X-X'|| (1/n + 1/m)), so
         # the ratio is well defined; the unbiased form fluctuates around zero.
         self.floor = metrics.energy_distance(floor_a, floor_b, unbiased=False)
+        self._generate = jax.jit(generate, static_argnums=(0, 3, 4))
 
-    def __call__(self, ema_params) -> tuple[dict[str, float], np.ndarray]:
-        n = self.setup.config.eval.num_samples
-        gen = np.asarray(jax.jit(generate, static_argnums=(0, 3, 4))(
-            self.setup.model, ema_params, self.k_gen, n, self.setup.noise_dim))
+    def __call__(self, state: TrainState, step: int, sample_dir: str | None = None
+                 ) -> dict[str, float]:
+        """Metrics of the EMA generator; also plots samples over data into `sample_dir`."""
+        cfg = self.task.config
+        gen = np.asarray(self._generate(self.task.model, state.ema_params, self.k_gen,
+                                        cfg.eval.num_samples, self.task.noise_dim))
         if not np.all(np.isfinite(gen)):
-            raise FloatingPointError('The EMA generator produced NaN/inf samples.')
+            raise FloatingPointError(f'The EMA generator produced NaN/inf samples at step '
+                                     f'{step}.')
         ed = metrics.energy_distance(gen, self.reference, unbiased=False)
         out = {'energy_distance': ed, 'energy_floor': self.floor,
                'energy_ratio': ed / max(self.floor, 1e-12)}
-        if self.setup.config.data.name == 'bimodal':
+        if cfg.data.name == 'bimodal':
             f0, f1 = data.bimodal_mode_fractions(gen)
             out.update(mode_fraction_0=float(f0), mode_fraction_1=float(f1))
-        return out, gen
+        if sample_dir is not None:
+            from drift_jax import plotting
+            k, to_data = cfg.eval.plot_points, self.task.dataset.to_data_space
+            plotting.plot_samples(
+                os.path.join(sample_dir, f'step_{step:07d}.png'), to_data(gen[:k]),
+                to_data(self.reference[:k]),
+                title=f'{cfg.data.name}, step {step}, ED/floor {out["energy_ratio"]:.2f}')
+        return out
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -320,7 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       The final evaluation metrics (dict with 'step', 'energy_distance', 'energy_floor',
       'energy_ratio').
     """
-    setup = Setup(config)                      # validates everything before any compile
+    setup = make_task(config)                  # validates everything before any compile
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     writers.check_writable(workdir)
@@ -342,23 +396,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = writers.MetricWriter(workdir, enabled=is_main, resume_step=start)
     sample_dir = os.path.join(workdir, 'samples')
     train_step = make_train_step(setup)
-    evaluator = Evaluator(setup, config.train.seed)
-    data_space_ref = setup.dataset.to_data_space(evaluator.reference)
+    evaluator = setup.make_evaluator(config.train.seed)
     last_eval: dict[str, Any] = {}
     progress = writers.progress_bar(total, start, enabled=is_main)
 
     def run_eval(step: int) -> dict[str, Any]:
-        values, gen = evaluator(state.ema_params)
-        values = {'step': step, **values}
+        values = {'step': step, **evaluator(state, step, sample_dir if is_main else None)}
         writer.write(step, values)
-        if is_main:
-            k = config.eval.plot_points
-            path = os.path.join(sample_dir, f'step_{step:07d}.png')
-            from drift_jax import plotting
-            plotting.plot_samples(path, setup.dataset.to_data_space(gen[:k]),
-                                  data_space_ref[:k],
-                                  title=f'{config.data.name}, step {step}, '
-                                        f'ED/floor {values["energy_ratio"]:.2f}')
         return values
 
     pending = None                                  # (step, device metrics) not yet fetched
@@ -374,19 +418,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                       last_saved)
         if step % config.train.log_every == 0 or step == total:
             writer.write(step, {'step': step, **values})
-        progress.set_postfix(loss=f'{values["loss"]:.4g}',
-                             ed_ratio=f'{last_eval.get("energy_ratio", float("nan")):.3g}',
-                             refresh=False)
+        shown = {'loss': f'{values["loss"]:.4g}'}
+        for key in ('energy_ratio', 'fd_ratio', 'class_accuracy'):
+            if key in last_eval:
+                shown[key] = f'{last_eval[key]:.3g}'
+        progress.set_postfix(shown, refresh=False)
 
+    stopping = False
     try:
         with _StopRequest() as stop:
             for step in range(start + 1, total + 1):
-                state, m = train_step(state, None)
+                state, m = train_step(state, setup.host_batch(step))
                 drain()                            # fetch step-1 while step runs
                 pending = (step, m)
                 progress.update(1)
                 final = step == total
-                do_save = final or stop.requested or step % config.train.checkpoint_every == 0
+                stopping = stop.requested          # read once: a signal may land any time
+                do_save = final or stopping or step % config.train.checkpoint_every == 0
                 do_eval = final or step % config.eval.every == 0
                 if do_save or do_eval:
                     drain()                        # checks finiteness before saving
@@ -395,7 +443,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     last_saved = step
                 if do_eval:
                     last_eval = run_eval(step)
-                if stop.requested:
+                if stopping:
                     logging.warning('SIGTERM: saved a checkpoint at step %d; stopping.', step)
                     break
             drain()
@@ -405,19 +453,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         progress.close()
         ckpt.close()                                 # waits for in-flight async saves
         writer.close()
-    if is_main and not stop.requested:
+    if is_main and not stopping:
         writers.finish_samples(sample_dir)
     return last_eval
 
 
-def load_run(workdir: str) -> tuple[Setup, TrainState, int]:
+def load_run(workdir: str) -> tuple[Any, TrainState, int]:
     """Rebuilds the setup from `<workdir>/config.json` and restores the newest checkpoint."""
     path = os.path.join(workdir, 'config.json')
     if not os.path.exists(path):
         raise FileNotFoundError(f'{path} does not exist: is {workdir!r} a drift_jax workdir?')
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    setup = Setup(config)
+    setup = make_task(config)
     abstract = abstract_train_state(setup)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), use_async=False)
     try:
