@@ -67,3 +67,71 @@ def toy_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1
     c.mesh.fsdp = 1
     return c
+
+
+def image_config() -> ml_collections.ConfigDict:
+    """Base config for class-conditional image generation (pixel or encoder feature space)."""
+    c = toy_config()
+    c.task = 'image'
+    c.data = ml_collections.ConfigDict()
+    c.data.name = 'digits'        # any prepared TFDS image dataset with a label
+    c.data.data_dir = ''          # default: $TFDS_DATA_DIR or ~/tensorflow_datasets
+    c.data.download = False       # never reach the network unless asked
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = 'conv'         # 'conv' | 'dit'
+    c.model.noise_dim = 64
+    c.model.base_channels = 32
+    c.model.num_res_blocks = 1
+    c.model.max_channel_mult = 4
+    c.model.cond_dim = 128
+    c.model.tanh_output = True
+    c.model.patch_size = 4        # dit only
+    c.model.hidden = 256
+    c.model.depth = 6
+    c.model.heads = 4
+    c.model.num_style_tokens = 0
+    c.model.mlp_ratio = 4
+
+    c.drift.temperatures = (0.02, 0.05, 0.2)
+    c.drift.scale_dist = True
+    c.drift.normalize_drift = True
+
+    c.guidance = ml_collections.ConfigDict()
+    c.guidance.alpha_max = 1.0    # 1 = no guidance in training
+    c.guidance.exponent = 1.0     # p(alpha) ~ alpha^-exponent on [1, alpha_max]
+
+    c.encoder = ml_collections.ConfigDict()
+    c.encoder.name = 'none'       # 'none' (pixel space) | 'mae'
+    c.encoder.workdir = ''        # workdir of a finished MAE run
+    c.encoder.feature_sets = ('locations', 'global', 'patch2', 'patch4', 'raw')
+
+    c.train.classes_per_step = 10
+    c.train.gen_per_class = 32
+    c.train.pos_per_class = 32
+    c.train.uncond_per_class = 16
+    c.train.batch_size = 320      # classes_per_step x gen_per_class
+    c.train.bank_capacity = 256   # real images kept per class (and unconditional)
+    c.train.bank_push = 64        # real images pushed into the bank per step
+    del c.train['num_pos']
+
+    c.eval.num_samples = 1000
+    c.eval.alpha = 1.0
+    c.eval.grid_per_class = 10
+    c.eval.classifier_steps = 600
+    del c.eval['plot_points']
+    return c
+
+
+def mae_config() -> ml_collections.ConfigDict:
+    """Base config for training the feature encoder as a masked autoencoder."""
+    c = image_config()
+    c.task = 'mae'
+    c.mae = ml_collections.ConfigDict()
+    c.mae.widths = (32, 64, 128)
+    c.mae.blocks_per_stage = 1
+    c.mae.mask_ratio = 0.5
+    c.mae.patch_size = 4
+    c.train.batch_size = 128
+    c.eval.num_samples = 512
+    return c

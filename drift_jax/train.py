@@ -356,6 +356,14 @@ class _StopRequest:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def _global_batch(batch, mesh):
+    """Per-process host data -> global arrays sharded over `data` (multi-process only)."""
+    if batch is None or jax.process_count() == 1:
+        return batch
+    sharding = NamedSharding(mesh, P('data'))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
 def _check_finite(step: int, values: dict[str, float], last_saved: int | None) -> None:
     bad = {k: v for k, v in values.items() if not np.isfinite(v)}
     if bad:
@@ -392,6 +400,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             print(f'drift_jax: resumed from step {start} of {total}', flush=True)
     else:
         state, start = create_train_state(setup, config.train.seed), 0
+        if hasattr(setup, 'warm_start'):
+            state = setup.warm_start(state)   # e.g. fill the memory bank before step 1
     last_saved = start if restored is not None else None
     writer = writers.MetricWriter(workdir, enabled=is_main, resume_step=start)
     sample_dir = os.path.join(workdir, 'samples')
@@ -428,7 +438,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
         with _StopRequest() as stop:
             for step in range(start + 1, total + 1):
-                state, m = train_step(state, setup.host_batch(step))
+                state, m = train_step(state, _global_batch(setup.host_batch(step), setup.mesh))
                 drain()                            # fetch step-1 while step runs
                 pending = (step, m)
                 progress.update(1)

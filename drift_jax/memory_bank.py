@@ -1,0 +1,217 @@
+"""Device-resident memory bank of real samples for class-conditional drifting.
+
+Per-class ring buffers plus one unconditional ring buffer, held as a pytree of plain arrays:
+pushing and sampling are pure, jittable functions, and the bank checkpoints like any state.
+Also the guidance-scale sampler (power law on [1, alpha_max]) and the CFG negative weight.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class MemoryBank:
+    """Ring buffers of real samples; every field is an array (capacities are read from shapes).
+
+    Attributes:
+      images: per-class buffers, [num_classes, capacity, *shape].
+      count: valid entries per class, int32 [num_classes]; saturates at `capacity`. Entries
+        are written from slot 0 upward, so slots [0, count) are exactly the valid ones.
+      ptr: next slot to write per class, int32 [num_classes], in [0, capacity).
+      uncond: buffer of samples of any class, [capacity_uncond, *shape].
+      uncond_count: valid entries of `uncond`, int32 scalar, saturating at capacity_uncond.
+      uncond_ptr: next slot of `uncond` to write, int32 scalar.
+    """
+
+    images: jax.Array
+    count: jax.Array
+    ptr: jax.Array
+    uncond: jax.Array
+    uncond_count: jax.Array
+    uncond_ptr: jax.Array
+
+    @property
+    def num_classes(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def capacity_uncond(self) -> int:
+        return self.uncond.shape[0]
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.uncond.shape[1:])
+
+
+def init_bank(num_classes: int, capacity: int, capacity_uncond: int, shape: Sequence[int],
+              dtype=jnp.float32) -> MemoryBank:
+    """An empty bank holding samples of shape `shape` (e.g. (H, W, C)) stored as `dtype`.
+
+    `dtype` is float32 or bfloat16 (bfloat16 halves the memory; samples come back in it).
+    """
+    for name, value in (('num_classes', num_classes), ('capacity', capacity),
+                        ('capacity_uncond', capacity_uncond)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f'{name} must be a positive integer, got {value!r}.')
+    shape = tuple(int(s) for s in shape)
+    return MemoryBank(
+        images=jnp.zeros((num_classes, capacity, *shape), dtype),
+        count=jnp.zeros((num_classes,), jnp.int32),
+        ptr=jnp.zeros((num_classes,), jnp.int32),
+        uncond=jnp.zeros((capacity_uncond, *shape), dtype),
+        uncond_count=jnp.zeros((), jnp.int32),
+        uncond_ptr=jnp.zeros((), jnp.int32),
+    )
+
+
+def push(bank: MemoryBank, images: jax.Array, labels: jax.Array) -> MemoryBank:
+    """Writes a batch into the bank, as if the samples were appended one by one in order.
+
+    Sample b goes to slot (ptr[c] + r_b) mod capacity of its class c = labels[b], where r_b is
+    the number of earlier samples of class c in this batch (one-hot cumsum); every sample also
+    goes to the unconditional buffer. When a batch holds more samples of one class than the
+    capacity, only the last `capacity` of them are written (they are the ones that would
+    survive sequential writes), which keeps the scatter free of duplicate indices.
+    Labels outside [0, num_classes) (e.g. a null label) go only to the unconditional buffer.
+
+    Args:
+      bank: the current bank.
+      images: [B, *shape], any float dtype (cast to the bank's dtype).
+      labels: int [B].
+
+    Returns:
+      The updated bank (same shapes and dtypes, so a jitted caller does not retrace).
+    """
+    batch = images.shape[0]
+    if images.shape[1:] != bank.sample_shape:
+        raise ValueError(f'images have sample shape {images.shape[1:]}, the bank holds '
+                         f'{bank.sample_shape}.')
+    images = images.astype(bank.images.dtype)
+    labels = labels.astype(jnp.int32)
+    k, cap = bank.num_classes, bank.capacity
+
+    onehot_bk = (labels[:, None] == jnp.arange(k)[None, :]).astype(jnp.int32)
+    n_k = onehot_bk.sum(axis=0)
+    rank_b = jnp.sum((jnp.cumsum(onehot_bk, axis=0) - onehot_bk) * onehot_bk, axis=1)
+    valid_b = (labels >= 0) & (labels < k)
+    safe_labels = jnp.where(valid_b, labels, 0)
+    keep_b = valid_b & (rank_b >= n_k[safe_labels] - cap)
+    slot_b = (bank.ptr[safe_labels] + rank_b) % cap
+    row_b = jnp.where(keep_b, safe_labels, k)  # Row k is out of bounds: dropped.
+    new_images = bank.images.at[row_b, slot_b].set(images, mode='drop')
+
+    cap_u = bank.capacity_uncond
+    idx_b = jnp.arange(batch)
+    slot_u = (bank.uncond_ptr + idx_b) % cap_u
+    slot_u = jnp.where(idx_b >= batch - cap_u, slot_u, cap_u)
+    new_uncond = bank.uncond.at[slot_u].set(images, mode='drop')
+
+    return MemoryBank(
+        images=new_images,
+        count=jnp.minimum(bank.count + n_k, cap).astype(jnp.int32),
+        ptr=((bank.ptr + n_k) % cap).astype(jnp.int32),
+        uncond=new_uncond,
+        uncond_count=jnp.minimum(bank.uncond_count + batch, cap_u).astype(jnp.int32),
+        uncond_ptr=((bank.uncond_ptr + batch) % cap_u).astype(jnp.int32),
+    )
+
+
+def sample_pos(bank: MemoryBank, key: jax.Array, labels: jax.Array, n: int) -> jax.Array:
+    """n samples per label, uniform with replacement over that class's valid entries.
+
+    Args:
+      bank: the bank.
+      key: PRNG key.
+      labels: int [G], each in [0, num_classes).
+      n: samples per label (static).
+
+    Returns:
+      [G, n, *shape] in the bank's dtype; all zeros for a class with no entries yet (check
+      `ready` before training).
+    """
+    labels = labels.astype(jnp.int32)
+    count_g = bank.count[labels]
+    idx_gn = jax.random.randint(key, (labels.shape[0], n), 0, jnp.maximum(count_g, 1)[:, None])
+    out = bank.images[labels[:, None], idx_gn]
+    has_any = (count_g > 0).reshape((-1,) + (1,) * (out.ndim - 1))
+    return jnp.where(has_any, out, jnp.zeros_like(out))
+
+
+def sample_uncond(bank: MemoryBank, key: jax.Array, n: int) -> jax.Array:
+    """n samples uniform with replacement over the unconditional buffer: [n, *shape].
+
+    All zeros while the buffer is empty.
+    """
+    idx = jax.random.randint(key, (n,), 0, jnp.maximum(bank.uncond_count, 1))
+    out = bank.uncond[idx]
+    return jnp.where(bank.uncond_count > 0, out, jnp.zeros_like(out))
+
+
+def ready(bank: MemoryBank, min_count: int, min_uncond: int | None = None) -> jax.Array:
+    """Boolean scalar: every class holds >= min_count entries and the unconditional buffer
+    >= min_uncond (default min_count). Counts saturate at the capacities, so a minimum above
+    a capacity is never reached."""
+    min_uncond = min_count if min_uncond is None else min_uncond
+    return jnp.all(bank.count >= min_count) & (bank.uncond_count >= min_uncond)
+
+
+def power_law_alpha(key: jax.Array, shape: Sequence[int], alpha_max: float,
+                    exponent: float = 1.0) -> jax.Array:
+    """Guidance scales alpha in [1, alpha_max] with density p(alpha) ∝ alpha^(-exponent).
+
+    Inverse CDF with u ~ U[0, 1) and s = exponent:
+        s != 1: alpha = (1 + u (alpha_max^(1-s) - 1))^(1/(1-s))
+        s == 1: alpha = alpha_max^u                     (log-uniform)
+    evaluated as exp(log1p(u expm1(c)) / (1-s)), c = (1-s) log(alpha_max), which stays
+    accurate for s near 1. s = 0 is uniform; larger s puts more mass near alpha = 1 (weak
+    guidance). alpha_max = 1 returns ones. alpha_max and exponent are Python floats (static
+    under jit); key is traced.
+
+    Returns:
+      float32 array of `shape`.
+    """
+    if alpha_max < 1:
+        raise ValueError(f'alpha_max must be >= 1, got {alpha_max}.')
+    shape = tuple(shape)
+    if alpha_max == 1:
+        return jnp.ones(shape, jnp.float32)
+    u = jax.random.uniform(key, shape, jnp.float32)
+    log_max = math.log(alpha_max)
+    if exponent == 1:
+        alpha = jnp.exp(u * log_max)
+    else:
+        one_minus_s = 1.0 - float(exponent)
+        alpha = jnp.exp(jnp.log1p(u * math.expm1(one_minus_s * log_max)) / one_minus_s)
+    return jnp.clip(alpha, 1.0, alpha_max)
+
+
+def power_law_cdf(alpha, alpha_max: float, exponent: float = 1.0):
+    """CDF of `power_law_alpha` at alpha (float or array), for checks and plots."""
+    alpha = jnp.asarray(alpha, jnp.float32)
+    if alpha_max == 1:
+        return jnp.where(alpha >= 1, 1.0, 0.0)
+    if exponent == 1:
+        return jnp.log(alpha) / math.log(alpha_max)
+    one_minus_s = 1.0 - float(exponent)
+    return jnp.expm1(one_minus_s * jnp.log(alpha)) / math.expm1(one_minus_s * math.log(alpha_max))
+
+
+def cfg_negative_weight(alpha, n_gen: int, n_uncond: int):
+    """Weight of each unconditional real sample among the negatives (classifier-free guidance).
+
+    w = (alpha - 1) (n_gen - 1) / n_uncond: the n_uncond unconditional samples together weigh
+    (alpha - 1) times the n_gen - 1 generated negatives (self excluded). alpha: float or [G].
+    """
+    if n_uncond <= 0:
+        raise ValueError(f'n_uncond must be positive, got {n_uncond}.')
+    return (alpha - 1.0) * (n_gen - 1) / n_uncond
