@@ -49,14 +49,40 @@ _CACHE_FORMAT = 1
 # The classifier network.
 
 
+def _even_crop(h: jax.Array) -> jax.Array:
+    """Drop the last row/column of ``h [B, H, W, C]`` where H/W are odd."""
+    return h[:, :h.shape[1] // 2 * 2, :h.shape[2] // 2 * 2]
+
+
+def _space_to_depth(h: jax.Array) -> jax.Array:
+    """Lossless 2x downsampling: ``[B, H, W, C] -> [B, H/2, W/2, 4C]`` (odd edges cropped)."""
+    h = _even_crop(h)
+    b, hh, ww, c = h.shape
+    h = h.reshape(b, hh // 2, 2, ww // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+    return h.reshape(b, hh // 2, ww // 2, 4 * c)
+
+
+def _pool2x2(h: jax.Array, kind: str) -> jax.Array:
+    """2x2 mean or max pooling of ``h [B, H, W, C] -> [B, H/2, W/2, C]`` by reshaping.
+
+    Reshaping instead of ``reduce_window`` keeps the backward pass cheap on CPU.
+    """
+    h = _even_crop(h)
+    b, hh, ww, c = h.shape
+    blocks = h.reshape(b, hh // 2, 2, ww // 2, 2, c)
+    return blocks.mean(axis=(2, 4)) if kind == 'avg' else blocks.max(axis=(2, 4))
+
+
 class ConvNet(nn.Module):
     """Small LeNet-like classifier: conv stages with 2x2 pooling, one hidden dense layer.
 
-    Stage ``i`` is a 3x3 conv with ``min(width * 2**i, 4 * width)`` channels and ReLU, then a
-    2x2 pooling while the spatial size is at least 8. There are at least two stages, more
-    while the size is still >= 8 (8x8 input: 8 -> 4, then a conv at 4x4; 28x28: 28 -> 14 -> 7).
-    The flattened map goes through ``Dense(feature_dim) + ReLU`` (the *features*) and a linear
-    layer to the logits.
+    Inputs larger than 16 pixels per side are first folded by space-to-depth (lossless 2x
+    downsampling; 28x28x1 -> 14x14x4), which makes full-resolution convs unnecessary and keeps
+    CPU training fast. Stage ``i`` is a 3x3 conv with ``min(width * 2**i, 4 * width)`` channels
+    and ReLU, then a 2x2 pooling while the spatial size is at least 8. There are at least two
+    stages, more while the size is still >= 8 (8x8 input: conv at 8, pool, conv at 4; 28x28:
+    fold to 14, conv, pool, conv at 7). The flattened map goes through ``Dense(feature_dim) +
+    ReLU`` (the *features*) and a linear layer to the logits.
 
     Attributes:
       num_classes: number of output classes.
@@ -82,14 +108,15 @@ class ConvNet(nn.Module):
         """
         if self.pool not in POOLS:
             raise ValueError(f'pool must be one of {POOLS}, got {self.pool!r}')
-        pool_fn = nn.avg_pool if self.pool == 'avg' else nn.max_pool
         h = x
+        while min(h.shape[1], h.shape[2]) > 16:
+            h = _space_to_depth(h)
         stage = 0
         while stage < 2 or min(h.shape[1], h.shape[2]) >= 8:
             channels = min(self.width * 2**stage, 4 * self.width)
             h = nn.relu(nn.Conv(channels, (3, 3), padding='SAME', name=f'conv{stage}')(h))
             if min(h.shape[1], h.shape[2]) >= 8:
-                h = pool_fn(h, (2, 2), strides=(2, 2))
+                h = _pool2x2(h, self.pool)
             stage += 1
         h = h.reshape(h.shape[0], -1)
         features = nn.relu(nn.Dense(self.feature_dim, name='features')(h))
@@ -635,6 +662,11 @@ class ImageEvaluator:
         if path:
             net.save(path)
         return net
+
+    def per_class_accuracy(self, generated_images: Any, generated_labels: Any) -> np.ndarray:
+        """Held-out classifier accuracy per intended class, ``[num_classes]`` (NaN if absent)."""
+        return per_class_accuracy(self.held_out_classifier, generated_images, generated_labels,
+                                  self.num_classes)
 
     @property
     def num_reference(self) -> int:

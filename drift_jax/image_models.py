@@ -7,12 +7,14 @@ A convolutional generator (upsampling ResNet with FiLM conditioning) and a small
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 IMAGE_MODEL_NAMES = ('conv', 'dit')
 
@@ -269,12 +271,16 @@ def make_image_generator(model_config: Any, image_shape: Sequence[int],
     if name not in IMAGE_MODEL_NAMES:
         raise ValueError(f'model.name={name!r} is unknown for images; choose one of '
                          f'{IMAGE_MODEL_NAMES}.')
-    image_shape = tuple(image_shape)
-    if len(image_shape) != 3 or not all(isinstance(s, int) and s > 0 for s in image_shape):
-        raise ValueError(f'image_shape must be three positive ints (H, W, C), got '
-                         f'{image_shape!r}.')
-    if not isinstance(num_classes, int) or num_classes <= 0:
+    given = image_shape
+    try:  # Accept NumPy integers too (shapes read from dataset metadata).
+        image_shape = tuple(operator.index(s) for s in image_shape)
+    except TypeError:
+        image_shape = ()
+    if len(image_shape) != 3 or min(image_shape) <= 0:
+        raise ValueError(f'image_shape must be three positive ints (H, W, C), got {given!r}.')
+    if not isinstance(num_classes, int | np.integer) or num_classes <= 0:
         raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}.')
+    num_classes = int(num_classes)
     tanh_output = bool(model_config.get('tanh_output', True))
     if name == 'conv':
         conv_start_size(image_shape)  # Raises for an incompatible width.

@@ -211,6 +211,8 @@ def test_evaluator_on_real_images(evaluator_and_cache, digits):
     assert m['class_accuracy'] > 0.9
     assert 0.85 < m['spread_ratio'] < 1.15
     assert m['precision'] > 0.6 and m['recall'] > 0.6
+    per_class = ev.per_class_accuracy(digits['x_fresh'], digits['y_fresh'])
+    assert per_class.shape == (10,) and np.nanmin(per_class) > 0.7
     assert elapsed < 10.0
 
 

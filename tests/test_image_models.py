@@ -159,3 +159,7 @@ def test_bad_image_shape_errors():
         im.make_image_generator(_config('conv'), (32, 6, 3), NUM_CLASSES)
     with pytest.raises(ValueError, match='image_shape'):
         im.make_image_generator(_config('conv'), (32, 32), NUM_CLASSES)
+    with pytest.raises(ValueError, match='image_shape'):
+        im.make_image_generator(_config('conv'), (32.0, 32, 3), NUM_CLASSES)
+    model = im.make_image_generator(_config('conv'), np.array([8, 8, 1]), NUM_CLASSES)
+    assert model.image_shape == (8, 8, 1) and type(model.image_shape[0]) is int
