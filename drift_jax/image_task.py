@@ -178,6 +178,12 @@ class ImageTask:
         return np.clip((np.concatenate(out) + 1.0) / 2.0, 0.0, 1.0)
 
 
+def upscale(images: np.ndarray, min_side: int = 32) -> np.ndarray:
+    """Nearest-neighbour upscaling of [N, H, W, C] so small images stay visible in grids."""
+    f = max(1, min_side // images.shape[1])
+    return images.repeat(f, axis=1).repeat(f, axis=2) if f > 1 else images
+
+
 def check_labels(labels, n: int, num_classes: int) -> np.ndarray:
     """Labels [n] as int32, checked against the class count (default: 0, 1, 2, ... cycling)."""
     if labels is None:
@@ -223,7 +229,8 @@ class ImageTaskEvaluator:
             grid = np.concatenate([x01[order][labels[order] == c][:k]
                                    for c in range(task.num_classes)])
             os.makedirs(sample_dir, exist_ok=True)
-            plotting.image_grid(grid, os.path.join(sample_dir, f'step_{step:07d}.png'), nrow=k)
+            plotting.image_grid(upscale(grid), os.path.join(sample_dir, f'step_{step:07d}.png'),
+                                nrow=k)
         return out
 
 

@@ -1,6 +1,10 @@
 """Draws samples from the EMA generator of a workdir: `python -m drift_jax.sample`.
 
     python -m drift_jax.sample --workdir=W --num=N --out=samples.npy
+    python -m drift_jax.sample --workdir=W_digits --num=100 --labels=3,7 --alpha=2 --out=g.png
+
+Point workdirs give [N, D] in the user's coordinates (.npy or .csv); image workdirs give
+float images in [0, 1] of shape [N, H, W, C] (.npy) or a PNG grid (.png).
 """
 
 from __future__ import annotations
@@ -12,20 +16,34 @@ from absl import app, flags
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A drift_jax workdir (finished or running).')
 _NUM = flags.DEFINE_integer('num', 1000, 'Number of samples.')
-_OUT = flags.DEFINE_string('out', 'samples.npy', 'Output file (.npy, or .csv for points).')
+_OUT = flags.DEFINE_string('out', 'samples.npy', 'Output file: .npy, .csv (points) or .png '
+                           '(images: a grid).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Noise seed.')
+_LABELS = flags.DEFINE_list('labels', None, 'Images: class labels, cycled over the samples '
+                            '(default: all classes in turn).')
+_ALPHA = flags.DEFINE_float('alpha', 1.0, 'Images: guidance scale alpha >= 1.')
 flags.mark_flags_as_required(['workdir'])
 
 
-def sample_workdir(workdir: str, num: int, seed: int = 0) -> np.ndarray:
-    """num samples [num, D] from the newest checkpoint's EMA parameters, in data coordinates."""
+def sample_workdir(workdir: str, num: int, seed: int = 0, labels=None,
+                   alpha: float | None = None) -> np.ndarray:
+    """num samples from the newest checkpoint's EMA parameters.
+
+    Returns [num, D] points in data coordinates, or [num, H, W, C] images in [0, 1].
+    """
     if num <= 0:
         raise ValueError(f'--num must be positive, got {num}.')
     import jax
 
     from drift_jax import train
-    setup, state, _ = train.load_run(workdir)
-    return train.sample(setup, state.ema_params, jax.random.PRNGKey(seed), num)
+    task, state, _ = train.load_run(workdir)
+    key = jax.random.PRNGKey(seed)
+    if hasattr(task, 'num_classes'):
+        return train.sample(task, state.ema_params, key, num, labels=labels,
+                            alpha=1.0 if alpha is None else alpha)
+    if labels is not None or alpha not in (None, 1.0):
+        raise ValueError('--labels and --alpha apply to image workdirs only.')
+    return train.sample(task, state.ema_params, key, num)
 
 
 def main(argv):
@@ -33,14 +51,25 @@ def main(argv):
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     out = _OUT.value
     ext = os.path.splitext(out)[1]
-    if ext not in ('.npy', '.csv'):
-        raise app.UsageError(f'--out must end in .npy or .csv, got {out!r}.')
-    x = sample_workdir(_WORKDIR.value, _NUM.value, _SEED.value)
+    if ext not in ('.npy', '.csv', '.png'):
+        raise app.UsageError(f'--out must end in .npy, .csv or .png, got {out!r}.')
+    if _ALPHA.value < 1:
+        raise app.UsageError(f'--alpha must be >= 1, got {_ALPHA.value}.')
+    labels = None if _LABELS.value is None else [int(v) for v in _LABELS.value]
+    x = sample_workdir(_WORKDIR.value, _NUM.value, _SEED.value, labels=labels,
+                       alpha=_ALPHA.value)
     if ext == '.npy':
         np.save(out, x)
-    else:
+    elif ext == '.csv':
+        if x.ndim != 2:
+            raise app.UsageError('.csv output is for point samples; use .npy or .png.')
         np.savetxt(out, x, delimiter=',')
-    print(f'drift_jax: wrote {x.shape[0]} samples of dim {x.shape[1]} to {out}')
+    else:
+        if x.ndim != 4:
+            raise app.UsageError('.png output is for image samples; use .npy or .csv.')
+        from drift_jax import image_task, plotting
+        plotting.image_grid(image_task.upscale(x), out)
+    print(f'drift_jax: wrote {x.shape[0]} samples of shape {x.shape[1:]} to {out}')
 
 
 if __name__ == '__main__':

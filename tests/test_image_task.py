@@ -1,0 +1,121 @@
+"""End to end on 8x8 digits (built offline): image training, evaluation, sampling, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from drift_jax import defaults, train, writers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp('tfds'))
+
+
+def tiny_image_config(data_dir, **overrides):
+    c = defaults.image_config()
+    c.data.name = 'digits'
+    c.data.data_dir = data_dir
+    c.model.base_channels = 8
+    c.model.noise_dim = 8
+    c.model.cond_dim = 16
+    c.train.steps = 6
+    c.train.classes_per_step = 4
+    c.train.gen_per_class = 4
+    c.train.pos_per_class = 4
+    c.train.uncond_per_class = 4
+    c.train.batch_size = 16
+    c.train.bank_capacity = 8
+    c.train.bank_push = 8
+    c.train.log_every = 3
+    c.train.checkpoint_every = 3
+    c.eval.every = 6
+    c.eval.num_samples = 100
+    c.eval.classifier_steps = 30
+    c.guidance.alpha_max = 3.0
+    for key, value in overrides.items():
+        section, name = key.split('.')
+        c[section][name] = value
+    return c
+
+
+@pytest.fixture(scope='module')
+def image_run(data_dir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp('img') / 'digits')
+    result = train.train_and_evaluate(tiny_image_config(data_dir), workdir)
+    return workdir, result
+
+
+def test_image_run_writes_metrics_grid_and_bank(image_run):
+    workdir, result = image_run
+    for key in ('fd', 'fd_floor', 'fd_ratio', 'precision', 'recall', 'class_accuracy'):
+        assert np.isfinite(result[key]), key
+    assert result['fd_floor'] > 0
+    events = writers.read_metrics(workdir)
+    assert [e['step'] for e in events if 'loss' in e] == [3, 6]
+    assert os.path.exists(os.path.join(workdir, 'samples', 'step_0000006.png'))
+    # The memory bank is part of the checkpoint: a resumed run does not start empty.
+    _, state, step = train.load_run(workdir)
+    assert step == 6
+    assert int(np.min(np.asarray(state.extra.count))) > 0
+    assert 0.0 <= float(np.max(np.abs(np.asarray(state.extra.images)))) <= 1.0 + 1e-6
+
+
+def test_sample_cli_images_with_labels_and_alpha(image_run, tmp_path):
+    workdir, _ = image_run
+    out = str(tmp_path / 'g.npy')
+    proc = subprocess.run([sys.executable, '-m', 'drift_jax.sample', f'--workdir={workdir}',
+                           '--num=6', '--labels=3,7', '--alpha=2', f'--out={out}'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    x = np.load(out)
+    assert x.shape == (6, 8, 8, 1) and x.min() >= 0 and x.max() <= 1
+    png = str(tmp_path / 'g.png')
+    proc = subprocess.run([sys.executable, '-m', 'drift_jax.sample', f'--workdir={workdir}',
+                           '--num=4', f'--out={png}'], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and os.path.getsize(png) > 0
+
+
+def test_sampling_rejects_bad_labels_and_alpha(image_run):
+    workdir, _ = image_run
+    task, state, _ = train.load_run(workdir)
+    import jax
+    with pytest.raises(ValueError, match=r'\[10, 12\] are outside the 10 classes'):
+        task.sample(state.ema_params, jax.random.PRNGKey(0), 4, labels=[1, 10, 12])
+    with pytest.raises(ValueError, match='alpha must be >= 1'):
+        task.sample(state.ema_params, jax.random.PRNGKey(0), 4, alpha=0.5)
+
+
+def test_missing_dataset_fails_at_once_with_instructions(data_dir, tmp_path):
+    config = tiny_image_config(data_dir, **{'data.name': 'mnist'})
+    with pytest.raises(FileNotFoundError, match='drift_jax.data.build'):
+        train.validate_config(config)
+
+
+@pytest.mark.parametrize('overrides, error, message', [
+    ({'guidance.alpha_max': 0.5}, ValueError, 'alpha_max must be >= 1'),
+    ({'train.batch_size': 20}, ValueError, 'must equal classes_per_step'),
+    ({'model.name': 'unet'}, ValueError, "'unet' is unknown"),
+    ({'encoder.name': 'mae'}, ValueError, 'needs encoder.workdir'),
+    ({'encoder.name': 'mae', 'encoder.workdir': '/nonexistent'}, FileNotFoundError,
+     'train the encoder first'),
+])
+def test_bad_image_config(data_dir, overrides, error, message):
+    config = tiny_image_config(data_dir, **overrides)
+    with pytest.raises(error, match=message):
+        train.make_task(config)
+
+
+def test_encoder_workdir_of_wrong_kind_is_rejected(data_dir, image_run):
+    workdir, _ = image_run          # a generator run, not an MAE run
+    config = tiny_image_config(data_dir, **{'encoder.name': 'mae', 'encoder.workdir': workdir})
+    with pytest.raises(ValueError, match="expected an MAE run"):
+        train.make_task(config)
