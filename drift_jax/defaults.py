@@ -104,7 +104,7 @@ def image_config() -> ml_collections.ConfigDict:
     c.encoder = ml_collections.ConfigDict()
     c.encoder.name = 'none'       # 'none' (pixel space) | 'mae'
     c.encoder.workdir = ''        # workdir of a finished MAE run
-    c.encoder.feature_sets = ('locations', 'global', 'patch2', 'patch4', 'raw')
+    c.encoder.feature_sets = ('locations', 'global', 'patch2', 'patch4', 'raw', 'energy')
 
     c.train.classes_per_step = 10
     c.train.gen_per_class = 32
@@ -130,8 +130,9 @@ def mae_config() -> ml_collections.ConfigDict:
     c.mae = ml_collections.ConfigDict()
     c.mae.widths = (32, 64, 128)
     c.mae.blocks_per_stage = 1
+    c.mae.decoder_width = 64
     c.mae.mask_ratio = 0.5
-    c.mae.patch_size = 4
+    c.mae.patch_size = 2
     c.train.batch_size = 128
     c.eval.num_samples = 512
     return c

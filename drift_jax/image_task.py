@@ -63,6 +63,11 @@ class ImageTask:
         if config.encoder.name not in ENCODERS:
             raise ValueError(f'encoder.name={config.encoder.name!r} is unknown; choose one '
                              f'of {ENCODERS}.')
+        from drift_jax import encoders
+        unknown = set(config.encoder.feature_sets) - set(encoders.FEATURE_SET_KINDS)
+        if unknown:
+            raise ValueError(f'encoder.feature_sets has unknown {sorted(unknown)}; choose from '
+                             f'{encoders.FEATURE_SET_KINDS}.')
         if config.encoder.name == 'mae' and not config.encoder.workdir:
             raise ValueError("encoder.name='mae' needs encoder.workdir, the workdir of a "
                              'finished configs/mae_*.py run.')
@@ -240,25 +245,30 @@ class ImageTaskEvaluator:
 class FrozenEncoder:
     """A trained MAE encoder held fixed; the drifting loss is summed over its feature sets."""
 
-    def __init__(self, module, params, feature_sets: tuple[str, ...]):
-        self.module, self.params, self.feature_sets = module, params, feature_sets
+    def __init__(self, encoder, encoder_params, feature_sets: tuple[str, ...]):
+        self.encoder, self.params, self.feature_sets = encoder, encoder_params, feature_sets
 
     def features(self, images):
         """Feature sets of images [B, H, W, C]: dict name -> [B, T, D]."""
         from drift_jax import encoders
-        blocks = self.module.apply(self.params, images, method=self.module.encode)
-        return encoders.feature_sets(blocks, images, include=self.feature_sets)
+        return encoders.extract_feature_sets(self.encoder, self.params, images,
+                                             include=self.feature_sets)
 
     def loss(self, x, y_pos, y_unc, w_neg, opts):
+        """Sum over feature sets of the drifting loss; x [G, N, H, W, C] etc."""
         from drift_jax import encoders
-        g, n = x.shape[:2]
+        g = x.shape[0]
         flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731
-        unflat = lambda f, m: {k: v.reshape(g, m, *v.shape[1:]) for k, v in f.items()}  # noqa: E731
-        gen = unflat(self.features(flat(x)), n)
-        pos = unflat(self.features(flat(y_pos)), y_pos.shape[1])
-        unc = unflat(self.features(flat(y_unc)), y_unc.shape[1])
+
+        def grouped(a):
+            return {k: v.reshape(g, a.shape[1], *v.shape[1:])
+                    for k, v in self.features(flat(a)).items()}
+
+        gen, pos, unc = grouped(x), grouped(y_pos), grouped(y_unc)
         neg = {k: jnp.concatenate([jax.lax.stop_gradient(gen[k]), unc[k]], axis=1) for k in gen}
-        return encoders.feature_drift_loss(gen, pos, neg, opts, weights_neg=w_neg)
+        loss, stats = encoders.feature_drift_loss(gen, pos, neg, opts, weights_neg=w_neg)
+        keep = {k: v for k, v in stats.items() if '/' not in k}   # per-set stats: too many
+        return loss, keep
 
 
 def load_frozen_encoder(config: ml_collections.ConfigDict, image_shape) -> FrozenEncoder | None:
@@ -282,7 +292,7 @@ def load_frozen_encoder(config: ml_collections.ConfigDict, image_shape) -> Froze
     if tuple(task.image_shape) != tuple(image_shape):
         raise ValueError(f'The encoder in {workdir!r} was trained on images of shape '
                          f'{task.image_shape}, not {tuple(image_shape)}.')
-    return FrozenEncoder(task.model, jax.lax.stop_gradient(state.ema_params),
+    return FrozenEncoder(task.model.encoder, state.ema_params['params']['encoder'],
                          tuple(config.encoder.feature_sets))
 
 
@@ -300,9 +310,9 @@ class MAETask:
         self.config = config
         self.data = _open_data(config)
         self.image_shape = tuple(self.data.info.image_shape)
-        self.model = encoders.MAE(widths=tuple(config.mae.widths),
-                                  blocks_per_stage=config.mae.blocks_per_stage,
-                                  out_channels=self.image_shape[-1])
+        self.model = encoders.make_mae(self.image_shape[-1], widths=tuple(config.mae.widths),
+                                       blocks_per_stage=config.mae.blocks_per_stage,
+                                       decoder_width=config.mae.decoder_width)
         self.mesh = train.make_mesh(config.mesh)
         self.tx = train.make_optimizer(config.optim, config.train.steps)
 
@@ -317,7 +327,7 @@ class MAETask:
     def loss(self, params, extra, key, batch):
         from drift_jax import encoders
         m = self.config.mae
-        loss, stats = encoders.mae_loss(params, self.model, batch['images'], key,
+        loss, stats = encoders.mae_loss(params['params'], self.model, batch['images'], key,
                                         m.mask_ratio, m.patch_size)
         return loss, (dict(stats), extra)
 
@@ -331,8 +341,8 @@ class MAETask:
             x = x[:task.config.eval.num_samples]
             m = task.config.mae
             loss, _ = jax.jit(encoders.mae_loss, static_argnums=(1, 4, 5))(
-                state.ema_params, task.model, x, jax.random.PRNGKey(seed), m.mask_ratio,
-                m.patch_size)
+                state.ema_params['params'], task.model, x, jax.random.PRNGKey(seed),
+                m.mask_ratio, m.patch_size)
             return {'mae_test_loss': float(loss)}
         return evaluate
 

@@ -119,3 +119,21 @@ def test_encoder_workdir_of_wrong_kind_is_rejected(data_dir, image_run):
     config = tiny_image_config(data_dir, **{'encoder.name': 'mae', 'encoder.workdir': workdir})
     with pytest.raises(ValueError, match="expected an MAE run"):
         train.make_task(config)
+
+
+def test_mae_then_feature_space_generator(data_dir, tmp_path):
+    """The MAE front door trains an encoder; a generator config loads it frozen."""
+    mae = defaults.mae_config()
+    mae.data.name, mae.data.data_dir = 'digits', data_dir
+    mae.mae.widths = (8, 16)
+    mae.mae.decoder_width = 8
+    mae.train.steps, mae.train.batch_size = 4, 16
+    mae.train.checkpoint_every = mae.eval.every = 4
+    mae.eval.num_samples = 64
+    mae_dir = str(tmp_path / 'mae')
+    result = train.train_and_evaluate(mae, mae_dir)
+    assert np.isfinite(result['mae_test_loss'])
+    config = tiny_image_config(data_dir, **{'encoder.name': 'mae', 'encoder.workdir': mae_dir,
+                                            'train.steps': 2, 'eval.every': 2})
+    result = train.train_and_evaluate(config, str(tmp_path / 'gen'))
+    assert np.isfinite(result['fd']) and result['step'] == 2
