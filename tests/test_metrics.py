@@ -118,7 +118,7 @@ def test_energy_same_distribution_small_and_grows_with_shift():
     same = energy_distance(x, _sample(rng, 1000, 2))
     values = [energy_distance(x, _sample(rng, 1000, 2, shift=s)) for s in (0.25, 0.5, 1.0, 2.0)]
     assert abs(same) < 0.1 * values[0]
-    assert all(b > a for a, b in zip(values, values[1:]))
+    assert all(b > a for a, b in zip(values, values[1:], strict=False))
 
 
 def test_energy_report_keys_and_ratio():
@@ -159,7 +159,7 @@ def test_mmd_properties():
     values = [mmd_rbf(x, _sample(rng, 800, 2, shift=s)) for s in (0.5, 1.0, 2.0)]
     assert values[0] > 0
     assert abs(same) < 0.1 * values[0]
-    assert all(b > a for a, b in zip(values, values[1:]))
+    assert all(b > a for a, b in zip(values, values[1:], strict=False))
     assert mmd_rbf(x, x[::-1], chunk_size=17) == pytest.approx(mmd_rbf(x, x[::-1]), rel=1e-4)
 
 
@@ -199,7 +199,7 @@ def test_sliced_wasserstein_properties():
     same = sw(x, _sample(rng, 1000, 3))
     values = [sw(x, _sample(rng, 1000, 3, shift=s)) for s in (0.5, 1.0, 2.0)]
     assert same < 0.5 * values[0]
-    assert all(b > a for a, b in zip(values, values[1:]))
+    assert all(b > a for a, b in zip(values, values[1:], strict=False))
     # Shifting every coordinate by 2 moves projection theta by 2 * sum(theta), whose RMS
     # over uniform unit directions is 2, so SW_2 is about 2.
     y = x + 2.0
