@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import time
 from typing import Any
 
 import ml_collections
@@ -64,11 +65,12 @@ class MetricWriter:
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self._file.write(json.dumps({'step': int(step), **values}) + '\n')
+        record = {'step': int(step), **values, 'wall_time': round(time.time(), 3)}
+        self._file.write(json.dumps(record) + '\n')
         self._file.flush()
         if self._tb is not None:
             for k, v in values.items():
-                if k != 'step' and isinstance(v, (int, float)):
+                if k not in ('step', 'wall_time') and isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
