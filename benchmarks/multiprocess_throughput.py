@@ -67,7 +67,8 @@ def main(argv):
     print('|---|---|---|')
     for r in records:
         print(f"| {r['layout']} | {r['steps_per_s']} | {r['wall_s']} |")
-    print(f"ratio 2-process / 1-process: {records[1]['steps_per_s'] / records[0]['steps_per_s']:.2f}")
+    ratio = records[1]['steps_per_s'] / records[0]['steps_per_s']
+    print(f'ratio 2-process / 1-process: {ratio:.2f}')
     if _JSON.value:
         with open(_JSON.value, 'w') as f:
             json.dump(records, f, indent=1)
