@@ -154,12 +154,14 @@ class ImageTask:
 
     def drift_loss(self, x, y_pos, y_unc, w_neg):
         """Loss of generated x [G, N, H, W, C] against positives and weighted negatives."""
+        from drift_jax import train
         opts = self.drift_options
         if self.encoder is None:
             flat = lambda a: a.reshape(a.shape[0], a.shape[1], -1)  # noqa: E731
             xf = flat(x)
             y_neg = jnp.concatenate([jax.lax.stop_gradient(xf), flat(y_unc)], axis=1)
-            return drift.drift_loss(xf, flat(y_pos), y_neg, opts, weights_neg=w_neg)
+            return train.drift_loss_on_mesh(xf, flat(y_pos), y_neg, opts, self.mesh,
+                                            weights_neg=w_neg)
         return self.encoder.loss(x, y_pos, y_unc, w_neg, opts)
 
     # -- evaluation and sampling ----------------------------------------------------------

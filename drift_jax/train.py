@@ -176,7 +176,7 @@ class ToyTask:
         cfg = self.config.train
         y_pos = self.dataset.sample(k_data, cfg.num_pos)
         x = generate(self.model, params, k_noise, cfg.batch_size, self.noise_dim, self.mesh)
-        loss, stats = drift.drift_loss(x, y_pos, None, self.drift_options)
+        loss, stats = drift_loss_on_mesh(x, y_pos, None, self.drift_options, self.mesh)
         return loss, (stats, extra)
 
     def host_batch(self, step: int):
@@ -191,6 +191,18 @@ class ToyTask:
         x = jax.jit(generate, static_argnums=(0, 3, 4))(self.model, params, key, n,
                                                          self.noise_dim)
         return np.asarray(self.dataset.to_data_space(np.asarray(x)))
+
+
+def drift_loss_on_mesh(x, y_pos, y_neg, opts, mesh, **weights):
+    """`drift.drift_loss`, sharded over the mesh's `data` axis when it has several devices.
+
+    The sharded form splits the queries over devices, gathers the targets and combines the
+    query-side normalisation across devices; it equals the single-device loss.
+    """
+    if mesh.shape['data'] > 1:
+        from drift_jax import drift_sharded
+        return drift_sharded.sharded_drift_loss(x, y_pos, y_neg, opts, mesh, **weights)
+    return drift.drift_loss(x, y_pos, y_neg, opts, **weights)
 
 
 def _task_class(name: str):
