@@ -331,7 +331,7 @@ def _quantile_pairing(n: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return idx_x.astype(np.int32), idx_y.astype(np.int32), widths.astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("num_projections", "p"))
+@functools.partial(jax.jit, static_argnames=("num_projections",))
 def _sliced_wp(
     x: jax.Array,
     y: jax.Array,
@@ -341,7 +341,7 @@ def _sliced_wp(
     weights: jax.Array,
     *,
     num_projections: int,
-    p: int,
+    p: jax.Array | int,
 ) -> jax.Array:
     """Per-projection ``W_p^p`` between projected samples.
 
@@ -349,7 +349,7 @@ def _sliced_wp(
         x: ``[n, d]``; y: ``[m, d]``; key: PRNG key for the directions.
         idx_x, idx_y, weights: ``[K]`` coupling from :func:`_quantile_pairing`.
         num_projections: number ``P`` of random unit directions.
-        p: 1 or 2.
+        p: 1 or 2 (traced, so both share one compilation).
 
     Returns:
         ``[P]`` float32 values of ``W_p^p`` along each direction.
@@ -361,7 +361,7 @@ def _sliced_wp(
     px = jnp.sort(jnp.matmul(x, theta, precision=jax.lax.Precision.HIGHEST), axis=0)
     py = jnp.sort(jnp.matmul(y, theta, precision=jax.lax.Precision.HIGHEST), axis=0)
     gap = jnp.abs(px[idx_x] - py[idx_y])  # [K, P]
-    cost = gap if p == 1 else gap * gap
+    cost = jnp.where(p == 1, gap, gap * gap)
     return jnp.sum(weights[:, None] * cost, axis=0)
 
 

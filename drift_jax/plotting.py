@@ -90,7 +90,7 @@ def _square_limits(
 
 def _marker_size(n: int) -> float:
     """Scatter marker area that keeps dense clouds readable."""
-    return float(np.clip(2000.0 / max(n, 1), 0.5, 12.0))
+    return float(np.clip(2000.0 / max(n, 1), 1.0, 12.0))
 
 
 def plot_samples(
@@ -271,7 +271,8 @@ def plot_metric_curve(
     """Line plot of a metric against training step, with an optional noise-floor line.
 
     With ``log=True`` the y axis is logarithmic when all finite values (and the floor) are
-    positive, else symmetric-log (unbiased metrics can dip below zero).
+    positive, else symmetric-log (unbiased metrics can dip below zero) with a linear band
+    up to the floor (or 1e-3 of the largest magnitude when there is no positive floor).
 
     Args:
         path: output PNG path.
@@ -301,8 +302,10 @@ def plot_metric_curve(
         if finite.size and np.all(finite > 0):
             ax.set_yscale("log")
         elif finite.size:
-            nonzero = np.abs(finite[finite != 0])
-            ax.set_yscale("symlog", linthresh=float(nonzero.min()) if nonzero.size else 1.0)
+            # Linear band around zero: up to the floor if positive, else 1e-3 of the range.
+            top = float(np.max(np.abs(finite)))
+            lin = float(floor) if floor is not None and floor > 0 else 1e-3 * top
+            ax.set_yscale("symlog", linthresh=lin if lin > 0 else 1.0)
     ax.set_xlabel("step")
     if ylabel:
         ax.set_ylabel(ylabel)

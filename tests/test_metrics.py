@@ -88,9 +88,8 @@ def test_energy_chunked_and_unchunked_agree():
     rng = np.random.default_rng(1)
     x = _sample(rng, 333, 4)
     y = _sample(rng, 301, 4, shift=0.5)
-    full = energy_distance(x, y, chunk_size=10_000)
-    for chunk in (1, 50):
-        assert energy_distance(x, y, chunk_size=chunk) == pytest.approx(full, rel=1e-5)
+    full = energy_distance(x, y, chunk_size=10_000)  # one chunk holds every row
+    assert energy_distance(x, y, chunk_size=1) == pytest.approx(full, rel=1e-5)
     assert energy_distance(x, y, method="gram", chunk_size=13) == pytest.approx(full, rel=1e-4)
 
 
