@@ -33,8 +33,13 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, force: bool = False) -> bool:
         """Starts saving `state` at `step` (asynchronous); returns whether a save started."""
-        return self._manager.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+        try:
+            return self._manager.save(
+                step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+        except OSError as e:   # disk full, unwritable folder: say where, keep what exists
+            raise OSError(e.errno, f'Saving the checkpoint of step {step} in {self.directory} '
+                          f'failed: {e.strerror or e}. Earlier checkpoints are kept: '
+                          f'{self.all_steps()}.') from e
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, int] | None:
         """Restores into the structure, dtypes and shardings of `abstract_state`.

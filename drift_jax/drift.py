@@ -7,8 +7,9 @@ and in log space, with the paper's choices as defaults. See DESIGN.md section 1.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,7 @@ _MIN_SCALE = 1e-8
 _MIN_SQ = 1e-30
 # Up to this dimension distances use explicit differences (exact); above, the matmul form.
 _EXACT_DIFF_MAX_DIM = 8
-# Largest integer ratio between temperature rates computed by repeated products of one exp.
+# Largest integer ratio between temperatures' rates served by products of one exp.
 _MAX_POWER = 32
 
 
@@ -46,8 +47,9 @@ class DriftOptions:
         field in coordinates scaled so that the mean distance is sqrt(D) (paper: on).
       normalize_drift: divide each temperature's field by its RMS before summing (paper:
         on). Off with a single temperature gives the plain mean-shift field.
-      block_size: queries per block for the streaming implementation; 0 or None means
-        dense (the full N x M matrices are built).
+      block_size: targets per block for the blocked (streaming) form, which never builds
+        the N x M matrices; 0 or None chooses automatically (`select_block_size`: dense
+        while its matrices are small, blocked beyond).
     """
 
     temperatures: tuple[float, ...] = PAPER_TEMPERATURES
@@ -80,10 +82,15 @@ def validate_options(opts: DriftOptions) -> None:
     if opts.normalize not in NORMALIZATIONS:
         raise ValueError(
             f'drift.normalize={opts.normalize!r} is unknown; choose one of {NORMALIZATIONS}.')
-    if opts.block_size is not None and opts.block_size < 0:
+    bs = opts.block_size
+    if bs is not None and (isinstance(bs, bool) or not isinstance(bs, numbers.Integral)):
         raise ValueError(
-            f'drift.block_size={opts.block_size} must be a positive number of queries per '
-            'block, or 0/None for the dense form.')
+            f'drift.block_size={bs!r} must be an integer number of targets per block, or '
+            '0/None for the automatic choice.')
+    if bs is not None and bs < 0:
+        raise ValueError(
+            f'drift.block_size={bs} must be a positive number of targets per block, or '
+            '0/None for the automatic choice.')
 
 
 def options_from_config(drift_config: Any) -> DriftOptions:
@@ -131,20 +138,95 @@ def pairwise_distances(x_nd: Array, y_md: Array) -> Array:
 
 
 # ----------------------------------------------------------------------------
-# The field engine. The dense form below runs it with one block per target set (the full
-# N x M matrices); drift_blocked scans it over blocks of targets; drift_sharded adds the
+# The field engine. The dense form below runs it on whole target sets (the full N x M
+# matrices); drift_blocked scans it over blocks of targets; drift_sharded adds the
 # cross-device reductions (`axis_name`). Per group, with u_ij = d_ij (Laplace) or d_ij^2
 # (Gaussian), the logits are l_ij = -k u_ij with k = 1 / (s tau) or 1 / (2 s^2 tau^2).
-# Shifting by the exact row and column minima of u,
-#     e_ij = exp(-k/2 (u_ij - min_j' u_ij')),   f_ij = exp(-k/2 (u_ij - min_i' u_i'j)),
-# gives exp(0.5 (log_softmax_j l + log_softmax_i l))_ij = e_ij f_ij / sqrt(R_i C_j) with
-# R_i = sum_j e_ij^2 and C_j = sum_i f_ij^2: two exps per entry and temperature, every
-# exponent <= 0 (no overflow at any tau; an entry underflows only when it is below ~1e-38
-# of its row's or column's peak, where the exact value is negligible too). The column
-# factor and the weight fold into the matmul operand, the row factor is applied at the
-# end: V_i = (S-_i P_i - S+_i Q_i) / R_i with [Q | S-] = G- [y- | 1], [P | S+] = G+ [y+ | 1]
-# and G_ij = e_ij f_ij w_j / sqrt(C_j). All temperatures share one distance matrix and
-# one matmul ([T N, b] x [b, D + 1]).
+# With the exact row and column minima r_i = min_j u_ij and c_j = min_i u_ij,
+#     R_i = sum_j exp(-k (u_ij - r_i)),   C_j = sum_i exp(-k (u_ij - c_j)),
+#     exp(0.5 (log_softmax_j l + log_softmax_i l))_ij = exp(-k (u_ij - (r_i + c_j) / 2))
+#                                                        / sqrt(R_i C_j),
+# and every exponent is <= 0: no overflow at any tau, and an entry underflows only when it
+# is below ~1e-38 of its row's or column's peak (where the exact value is negligible too).
+# The column factor and the weight fold into the matmul's left operand, the row factor is
+# applied at the end: V_i = (S-_i P_i - S+_i Q_i) / R_i with [Q | S-] = G- [y- | 1],
+# [P | S+] = G+ [y+ | 1], G_ij = exp(-k (u_ij - (r_i + c_j) / 2)) w_j / sqrt(C_j).
+# All temperatures share one distance matrix (and, when their rates are small integer
+# multiples of one another, one exp per entry: see _exp_family); per temperature there is
+# one matmul per target set, [N, b] x [b, D + 1].
+# XLA:CPU notes (measured here): elementwise fusions that contain a `slice` are not
+# vectorised (~7x slower), so small-D coordinates travel as separate per-dimension
+# vectors; reductions run fastest when their operands are full arrays (no broadcasts),
+# so the shifted copies of u are formed before reducing.
+
+
+class _Queries(NamedTuple):
+    """One group's queries in the layouts the engine uses (N rows)."""
+
+    cols: tuple[Array, ...]   # D vectors [N] (D <= _EXACT_DIFF_MAX_DIM), else ().
+    x: Array | None           # [N, D + 2] = [x, |x|^2, 1] (larger D), else None.
+    valid: Array | None       # [N] bool: real rows (None: all real).
+    index: Array | None       # [N] global query index (self-mask only), else None.
+
+
+class _Targets(NamedTuple):
+    """A set or block of targets (b rows; leading block axes allowed)."""
+
+    cols: tuple[Array, ...]   # D vectors [b] (small D), else ().
+    y: Array | None           # [b, D + 2] = [-2 y, 1, |y|^2] (larger D), else None.
+    aug: Array                # [b, D + 1]: centred coordinates and a column of ones.
+    w: Array                  # [b] weights; 0 masks the target (also padding).
+    index: Array | None       # [b] global negative index for the self-mask, else None.
+
+
+def _small_dim(d: int) -> bool:
+    return d <= _EXACT_DIFF_MAX_DIM
+
+
+def _make_queries(x_nd: Array, valid: Array | None, index: Array | None) -> _Queries:
+    """Queries [N, D] -> _Queries."""
+    if _small_dim(x_nd.shape[-1]):
+        cols = tuple(x_nd[:, k] for k in range(x_nd.shape[-1]))
+        return _Queries(cols, None, valid, index)
+    # |x - y|^2 = [x, |x|^2, 1] . [-2 y, 1, |y|^2]: one matmul, no reduction in its epilogue
+    # (XLA:CPU would otherwise fuse the norms into the matmul and recompute them per tile).
+    sq_norm = jnp.sum(jnp.square(x_nd), -1, keepdims=True)
+    return _Queries((), jnp.concatenate([x_nd, sq_norm, jnp.ones_like(sq_norm)], -1), valid,
+                    index)
+
+
+def _make_targets(y: Array, w: Array, index: Array | None, center: Array) -> _Targets:
+    """Targets [..., b, D] with weights [..., b] -> _Targets (same leading axes)."""
+    aug = jnp.concatenate([y - center, jnp.ones(y.shape[:-1] + (1,), y.dtype)], axis=-1)
+    if _small_dim(y.shape[-1]):
+        cols = tuple(y[..., k] for k in range(y.shape[-1]))
+        return _Targets(cols, None, aug, w, index)
+    sq_norm = jnp.sum(jnp.square(y), -1, keepdims=True)
+    return _Targets((), jnp.concatenate([-2.0 * y, jnp.ones_like(sq_norm), sq_norm], -1), aug,
+                    w, index)
+
+
+def _pair_sq(q: _Queries, t: _Targets) -> Array:
+    """Squared distances [N, b]: explicit differences (small D) or the matmul expansion."""
+    if q.x is None:
+        sq = jnp.square(q.cols[0][:, None] - t.cols[0][None, :])
+        for qc, tc in zip(q.cols[1:], t.cols[1:], strict=True):
+            sq = sq + jnp.square(qc[:, None] - tc[None, :])
+        return sq
+    sq = jax.lax.dot_general(q.x, t.y, (((1,), (1,)), ((), ())),
+                             precision=jax.lax.Precision.HIGHEST)
+    return jnp.maximum(sq, 0.0)
+
+
+def _pair_valid(q: _Queries, t: _Targets) -> Array:
+    """Valid pairs [N, b]: positive weight, real query, not a self pair."""
+    n = q.cols[0].shape[0] if q.x is None else q.x.shape[0]
+    valid = jnp.broadcast_to((t.w > 0)[None, :], (n, t.w.shape[0]))
+    if q.valid is not None:
+        valid = valid & q.valid[:, None]
+    if q.index is not None and t.index is not None:
+        valid = valid & (q.index[:, None] != t.index[None, :])
+    return valid
 
 
 def _kappas(opts: DriftOptions) -> tuple[float, ...]:
@@ -161,68 +243,43 @@ def _kernel_u(sq: Array, kernel: str) -> Array:
     return sq
 
 
-def _power_plan(kappas: Sequence[float]) -> tuple[float, tuple[int, ...]] | None:
-    """(base, n_t) with kappa_t = n_t * base for small integers n_t, else None.
+def _pass1_block(q: _Queries, t: _Targets, scale_dist: bool):
+    """First-pass statistics of a block of b targets.
 
-    Then exp(-kappa_t x) = exp(-base x) ** n_t: one exp per entry for all temperatures
-    (the paper's 0.02, 0.05, 0.2 give 10, 4, 1). Repeated products add ~n_t ulps.
+    Returns (row minima of sq [N], column minima of sq [b], sum of w d), all over valid
+    pairs only (minima are +inf where nothing is valid).
     """
-    if len(kappas) < 2:
-        return None
-    lo = min(kappas)
-    for div in (1, 2, 3, 4):
-        base = lo / div
-        ratios = [k / base for k in kappas]
-        ints = [round(r) for r in ratios]
-        if all(abs(r - i) <= 1e-6 * i and i <= _MAX_POWER for r, i in zip(ratios, ints)):
-            return base, tuple(ints)
-    return None
-
-
-def _neg_exps(delta: Array, rate: Array, kappas: Sequence[float]) -> list[Array]:
-    """[exp(-rate * kappa_t * delta) for each t], sharing one exp when the rates allow."""
-    plan = _power_plan(kappas)
-    if plan is None:
-        return [jnp.exp(delta * (-rate * k)) for k in kappas]
-    base, ints = plan
-    powers = {1: jnp.exp(delta * (-rate * base))}
-
-    def power(n):
-        if n not in powers:
-            half = power(n // 2)
-            sq = half * half
-            powers[n] = sq if n % 2 == 0 else sq * powers[1]
-        return powers[n]
-
-    return [power(n) for n in ints]
-
-
-def _block_valid(n: int, w_b: Array, q_valid: Array | None, q_index: Array | None,
-                 t_index: Array | None) -> Array:
-    """Valid pairs of a block, bool [N, b]: positive weight, real query, not a self pair.
-
-    q_index/t_index (global query and negative indices) are given only with self-masking.
-    """
-    valid = jnp.broadcast_to((w_b > 0)[None, :], (n, w_b.shape[0]))
-    if q_valid is not None:
-        valid = valid & q_valid[:, None]
-    if q_index is not None:
-        valid = valid & (q_index[:, None] != t_index[None, :])
-    return valid
-
-
-def _pass1_block(sq: Array, valid: Array, w_b: Array, scale_dist: bool):
-    """First-pass statistics of a block: (row min [N], col min [b]) of sq, sum d w, sum w."""
+    sq = _pair_sq(q, t)
+    valid = _pair_valid(q, t)
     sq_valid = jnp.where(valid, sq, jnp.inf)
     row_min = jnp.min(sq_valid, axis=1)
     col_min = jnp.min(sq_valid, axis=0)
     if scale_dist:
         d = jnp.where(valid, jnp.sqrt(jnp.maximum(sq, _MIN_SQ)), 0.0)
-        sum_dw = jnp.dot(jnp.sum(d, axis=0), w_b)
-        sum_w = jnp.dot(jnp.sum(valid, axis=0, dtype=jnp.float32), w_b)
+        sum_dw = jnp.dot(jnp.sum(d, axis=0), t.w)
     else:
-        sum_dw = sum_w = jnp.zeros((), jnp.float32)
-    return row_min, col_min, sum_dw, sum_w
+        sum_dw = jnp.zeros((), jnp.float32)
+    return row_min, col_min, sum_dw
+
+
+def _valid_weight_sum(q: _Queries, w_pos: Array, w_neg: Array) -> Array:
+    """Sum of w_j over the valid pairs (i, j), without building them.
+
+    Every real query pairs with every positive-weight target, except its self pair (the
+    negative with its own global index, when self-masking).
+    """
+    n = q.cols[0].shape[0] if q.x is None else q.x.shape[0]
+    n_real = n if q.valid is None else jnp.sum(q.valid, dtype=jnp.float32)
+    w_pos = jnp.where(w_pos > 0, w_pos, 0.0)
+    w_neg = jnp.where(w_neg > 0, w_neg, 0.0)
+    total = n_real * (jnp.sum(w_pos) + jnp.sum(w_neg))
+    if q.index is not None:
+        own = (q.index >= 0) & (q.index < w_neg.shape[0])
+        if q.valid is not None:
+            own = own & q.valid
+        own_w = w_neg[jnp.clip(q.index, 0, w_neg.shape[0] - 1)]
+        total = total - jnp.sum(jnp.where(own, own_w, 0.0))
+    return total
 
 
 def _shift(sq_min: Array, kernel: str) -> Array:
@@ -232,59 +289,117 @@ def _shift(sq_min: Array, kernel: str) -> Array:
 
 
 def _scales(sum_dw: Array, sum_w: Array, d: int, opts: DriftOptions):
-    """(s, coordinate scale, logit rate 1/s or 1/s^2) from the pass-1 weighted sums."""
+    """(s, coordinate scale, unit) from the pass-1 weighted sums; k_t = unit * kappa_t."""
     if opts.scale_dist:
         scale = sum_dw / jnp.maximum(sum_w, _MIN_SCALE)
         scale = jax.lax.stop_gradient(jnp.maximum(scale, _MIN_SCALE))
         coord_scale = scale / jnp.sqrt(jnp.float32(d))
     else:
         scale = coord_scale = jnp.ones((), jnp.float32)
-    rate = 1.0 / scale if opts.kernel == 'laplace' else 1.0 / jnp.square(scale)
-    return scale, coord_scale, rate
+    unit = 1.0 / scale if opts.kernel == 'laplace' else 1.0 / jnp.square(scale)
+    return scale, coord_scale, jax.lax.stop_gradient(unit)
 
 
-def _pass2_block(sq: Array, valid: Array, y_b: Array, w_b: Array, row_shift: Array,
-                 col_shift: Array, rate: Array, opts: DriftOptions, axis_name=None):
+def _power_plan(kappas: Sequence[float]) -> tuple[float, tuple[int, ...]] | None:
+    """(base, n_t) with kappa_t = n_t * base for small integers n_t, else None.
+
+    Then exp(-kappa_t x) = exp(-base x) ** n_t: one exp per entry serves every temperature
+    (the paper's 0.02, 0.05, 0.2 give 10, 4, 1); the repeated products add ~n_t ulps.
+    """
+    if len(kappas) < 2:
+        return None
+    lo = min(kappas)
+    for div in (1, 2, 3, 4):
+        base = lo / div
+        ints = [round(k / base) for k in kappas]
+        if all(abs(k / base - i) <= 1e-6 * i and i <= _MAX_POWER
+               for k, i in zip(kappas, ints, strict=True)):
+            return base, tuple(ints)
+    return None
+
+
+def _exp_family(delta: Array, unit: Array, kappas: Sequence[float]) -> list[Array]:
+    """[exp(-unit * kappa_t * delta) for each temperature t], sharing exps when possible."""
+    plan = _power_plan(kappas)
+    if plan is None:
+        return [jnp.exp(delta * (-unit * k)) for k in kappas]
+    base, ints = plan
+    # The barrier keeps XLA's algebraic simplifier from rewriting the products of the exp
+    # back into exps (exp(a) * exp(b) -> exp(a + b)).
+    powers = {1: jax.lax.optimization_barrier(jnp.exp(delta * (-unit * base)))}
+
+    def power(k):
+        if k not in powers:
+            half = power(k // 2)
+            powers[k] = half * half if k % 2 == 0 else half * half * powers[1]
+        return powers[k]
+
+    return [power(k) for k in ints]
+
+
+def _pass2_block(q: _Queries, t: _Targets, row_shift: Array, col_shift: Array, unit: Array,
+                 opts: DriftOptions, axis_name=None):
     """Second-pass terms of a block of b targets.
 
     Args:
-      sq, valid: squared distances and valid pairs, [N, b].
-      y_b, w_b: the block's (centred) targets [b, D] and weights [b].
+      q, t: the queries (N) and the block's targets (b).
       row_shift, col_shift: exact row minima [N] and column minima [b] of u.
-      rate: 1/s (Laplace) or 1/s^2 (Gaussian); axis_name: devices holding other queries.
+      unit: 1/s (Laplace) or 1/s^2 (Gaussian), so that k_t = unit * kappa_t.
+      opts: the options; axis_name: the mesh axis over which queries are sharded.
 
     Returns:
       (row sums R [T, N] of this block, accumulators [T, N, D + 1] = G [y | 1]).
     """
-    n, b = sq.shape
+    u = jnp.where(_pair_valid(q, t), _kernel_u(_pair_sq(q, t), opts.kernel), jnp.inf)
     kappas = _kappas(opts)
-    u = jnp.where(valid, _kernel_u(sq, opts.kernel), jnp.inf)
+    hp = jax.lax.Precision.HIGHEST
     if opts.normalize == 'none':
-        gs = [g * w_b for g in _neg_exps(u, rate, kappas)]
-        row_sums = jnp.zeros((len(kappas), n), jnp.float32)
-    elif opts.normalize == 'targets':
-        es = _neg_exps(u - row_shift[:, None], rate, kappas)
+        row_sums = jnp.zeros((len(kappas), u.shape[0]), jnp.float32)
+        accs = [jnp.dot(g * t.w, t.aug, precision=hp) for g in _exp_family(u, unit, kappas)]
+        return row_sums, jnp.stack(accs)
+    # Shifted copies of u; the reductions below see no broadcasts (XLA:CPU hands such
+    # reductions to its fast library kernels only when every operand is a full array).
+    d_row = u - row_shift[:, None]
+    if opts.normalize == 'targets':
+        es = _exp_family(d_row, unit, kappas)
         row_sums = jnp.stack([jnp.sum(e, axis=1) for e in es])
-        gs = [e * w_b for e in es]
-    else:
-        es = _neg_exps(u - row_shift[:, None], 0.5 * rate, kappas)
-        fs = _neg_exps(u - col_shift[None, :], 0.5 * rate, kappas)
-        row_sums = jnp.stack([jnp.sum(e * e, axis=1) for e in es])
-        col_sums = jnp.stack([jnp.sum(f * f, axis=0) for f in fs])       # [T, b]
-        if axis_name is not None:
-            col_sums = jax.lax.psum(col_sums, axis_name)
-        col_factor = _safe_pow(col_sums, -0.5) * w_b                      # [T, b]
-        gs = [e * f * c for e, f, c in zip(es, fs, col_factor)]
-    y_aug = jnp.concatenate([y_b, jnp.ones((b, 1), jnp.float32)], axis=1)
-    g = jnp.stack(gs).reshape(len(kappas) * n, b)
-    acc = jnp.dot(g, y_aug, precision=jax.lax.Precision.HIGHEST)
-    return row_sums, acc.reshape(len(kappas), n, -1)
+        accs = [jnp.dot(e * t.w, t.aug, precision=hp) for e in es]
+        return row_sums, jnp.stack(accs)
+    d_col = u - col_shift[None, :]
+    # Half-rate exps e = exp(-k d_row / 2), f = exp(-k d_col / 2): R = sum e^2,
+    # C = sum f^2 and G = e f, two exps per entry instead of three.
+    # (The barrier stops XLA from rewriting e * f back into exp(a + b).)
+    es, fs = jax.lax.optimization_barrier((_exp_family(d_row, 0.5 * unit, kappas),
+                                           _exp_family(d_col, 0.5 * unit, kappas)))
+    row_sums = jnp.stack([jnp.sum(e * e, axis=1) for e in es])
+    col_sums = jnp.stack([jnp.sum(f * f, axis=0) for f in fs])
+    gs = [e * f for e, f in zip(es, fs, strict=True)]
+    if axis_name is not None:
+        col_sums = jax.lax.psum(col_sums, axis_name)                       # [T, b]
+    col_factor = _safe_pow(col_sums, -0.5) * t.w                           # [T, b]
+    accs = [jnp.dot(g * c, t.aug, precision=hp) for g, c in zip(gs, col_factor, strict=True)]
+    return row_sums, jnp.stack(accs)
 
 
 def _safe_pow(x: Array, p: float) -> Array:
     """x ** p for x > 0, else 0 (finite gradients)."""
     pos = x > 0
     return jnp.where(pos, jnp.power(jnp.where(pos, x, 1.0), p), 0.0)
+
+
+def _combine_pass1(row_min: Array, col_mins: Sequence[Array], sum_dw: Array, sum_w: Array,
+                   d: int, opts: DriftOptions, axis_name=None):
+    """Scales, rates and log-sum-exp shifts from the pass-1 statistics (all devices).
+
+    Returns (scale, coord_scale, unit, row_shift [N], col_shifts like col_mins).
+    """
+    if axis_name is not None:
+        col_mins = [jax.lax.pmin(c, axis_name) for c in col_mins]
+        sum_dw, sum_w = jax.lax.psum((sum_dw, sum_w), axis_name)
+    scale, coord_scale, unit = _scales(sum_dw, sum_w, d, opts)
+    row_shift = _shift(row_min, opts.kernel)
+    col_shifts = [_shift(c, opts.kernel) for c in col_mins]
+    return scale, coord_scale, unit, row_shift, col_shifts
 
 
 def _finish(row_sums: Array, acc_neg: Array, acc_pos: Array, scale: Array,
@@ -308,7 +423,7 @@ def _finish(row_sums: Array, acc_neg: Array, acc_pos: Array, scale: Array,
     v_t = row_factor[..., None] * (s_neg * p - s_pos * q) / coord_scale     # [T, N, D]
     rms, v_unit = _rms_normalize(v_t, n_total * d, axis_name)
     stats = {'scale': scale}
-    for tau, r in zip(opts.temperatures, rms):
+    for tau, r in zip(opts.temperatures, rms, strict=True):
         stats[f'rms_tau_{tau:g}'] = r
     return jnp.sum(v_unit if opts.normalize_drift else v_t, axis=0), coord_scale, stats
 
@@ -349,34 +464,19 @@ def _single_group_field(x_nd, y_pos, y_neg, w_pos, w_neg, opts: DriftOptions, ma
     n_total the global number of real queries, and axis_name the query mesh axis.
     """
     n, d = x_nd.shape
-    n_total = n if n_total is None else n_total
     center = _target_center(y_pos, y_neg)
-    q_index = q_offset + jnp.arange(n) if mask_self else None
-    sets = ((y_neg, w_neg, jnp.arange(y_neg.shape[0]) if mask_self else None),
-            (y_pos, w_pos, None))
-    sqs, valids, firsts = [], [], []
-    for y, w, t_index in sets:
-        sq = _squared_distances(x_nd, y)
-        valid = _block_valid(n, w, q_valid, q_index if t_index is not None else None,
-                             t_index)
-        sqs.append(sq)
-        valids.append(valid)
-        firsts.append(_pass1_block(sq, valid, w, opts.scale_dist))
-    row_min = jnp.minimum(firsts[0][0], firsts[1][0])
-    col_mins = [f[1] for f in firsts]
-    sum_dw = firsts[0][2] + firsts[1][2]
-    sum_w = firsts[0][3] + firsts[1][3]
-    if axis_name is not None:
-        col_mins = [jax.lax.pmin(c, axis_name) for c in col_mins]
-        sum_dw, sum_w = jax.lax.psum((sum_dw, sum_w), axis_name)
-    scale, coord_scale, rate = _scales(sum_dw, sum_w, d, opts)
-    row_shift = _shift(row_min, opts.kernel)
-    outs = []
-    for (y, w, _), sq, valid, col_min in zip(sets, sqs, valids, col_mins):
-        outs.append(_pass2_block(sq, valid, y - center, w, row_shift,
-                                 _shift(col_min, opts.kernel), rate, opts, axis_name))
+    q = _make_queries(x_nd, q_valid, q_offset + jnp.arange(n) if mask_self else None)
+    sets = (_make_targets(y_neg, w_neg, jnp.arange(y_neg.shape[0]) if mask_self else None,
+                          center),
+            _make_targets(y_pos, w_pos, None, center))
+    first = [_pass1_block(q, t, opts.scale_dist) for t in sets]
+    scale, coord_scale, unit, row_shift, col_shifts = _combine_pass1(
+        jnp.minimum(first[0][0], first[1][0]), [f[1] for f in first],
+        first[0][2] + first[1][2], _valid_weight_sum(q, w_pos, w_neg), d, opts, axis_name)
+    outs = [_pass2_block(q, t, row_shift, c, unit, opts, axis_name)
+            for t, c in zip(sets, col_shifts, strict=True)]
     return _finish(outs[0][0] + outs[1][0], outs[0][1], outs[1][1], scale, coord_scale,
-                   n_total, opts, axis_name)
+                   n if n_total is None else n_total, opts, axis_name)
 
 
 def _prepare(x, y_pos, y_neg, weights_pos, weights_neg, opts):
@@ -426,18 +526,75 @@ def _prepare(x, y_pos, y_neg, weights_pos, weights_neg, opts):
             grouped)
 
 
-def _field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts):
-    """Field in scaled coordinates for all groups: (v [G,N,D], coord_scale [G], stats)."""
+# ----------------------------------------------------------------------------
+# Automatic choice between the dense and the blocked form.
+
+# The dense form is used only while its estimated memory stays below this (bytes).
+DENSE_MEMORY_LIMIT_BYTES = 2 * 2**30
+# Estimate: 4 bytes x G x N x M x (BASE + PER_TEMP * T) live [N, M] float32 matrices (the
+# distances and their validity, u and its two shifted copies; three exponentials per
+# temperature).
+_DENSE_MATRICES_BASE = 5
+_DENSE_MATRICES_PER_TEMP = 3
+# Speed (XLA:CPU only): measured on a 2-core CPU (benchmarks/drift_field.py), the blocked
+# form is 3-4x faster than the dense one once the matrices outgrow the caches, up to a few
+# hundred dimensions; for large D the dense form's single distance matmul wins.
+BLOCKED_MIN_ENTRIES = 2**20
+BLOCKED_MAX_DIM = 256
+
+
+def dense_memory_bytes(groups: int, n: int, m: int, num_temps: int) -> int:
+    """Estimated peak bytes of the dense form for G groups of N queries x M targets."""
+    per_entry = 4 * (_DENSE_MATRICES_BASE + _DENSE_MATRICES_PER_TEMP * num_temps)
+    return groups * n * m * per_entry
+
+
+def select_block_size(groups: int, n: int, m: int, d: int, num_temps: int,
+                      block_size: int | None = None, backend: str | None = None) -> int | None:
+    """Targets per block for the blocked form, or None for the dense form.
+
+    An explicit `block_size` wins. Otherwise the blocked form is chosen when the dense
+    form's estimated memory (`dense_memory_bytes`) exceeds DENSE_MEMORY_LIMIT_BYTES, and on
+    CPU also when it is faster (N * M >= BLOCKED_MIN_ENTRIES and D <= BLOCKED_MAX_DIM).
+    """
+    if block_size:
+        return int(block_size)
+    from drift_jax import drift_blocked  # Streaming form (no N x M matrices).
+
+    too_big = dense_memory_bytes(groups, n, m, num_temps) > DENSE_MEMORY_LIMIT_BYTES
+    backend = backend or jax.default_backend()
+    faster = backend == 'cpu' and n * m >= BLOCKED_MIN_ENTRIES and d <= BLOCKED_MAX_DIM
+    if too_big or faster:
+        return drift_blocked.auto_block_size(groups * n, num_temps)
+    return None
+
+
+def _field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, form: str = 'auto'):
+    """Field in scaled coordinates for all groups: (v [G,N,D], coord_scale [G], stats).
+
+    `form` forces 'dense' or 'blocked' (benchmarks and tests); 'auto' uses
+    `select_block_size`.
+    """
     x, y_pos, y_neg, w_pos, w_neg, mask_self, grouped = _prepare(
         x, y_pos, y_neg, weights_pos, weights_neg, opts)
-    if opts.block_size:
-        from drift_jax import drift_blocked  # Streaming form (no N x M matrices).
-        fn = drift_blocked.single_group_field
+    g, n, d = x.shape
+    m, num_t = y_pos.shape[1] + y_neg.shape[1], len(opts.temperatures)
+    if form == 'dense':
+        block = None
+    elif form == 'blocked':
+        from drift_jax import drift_blocked
+        block = opts.block_size or drift_blocked.auto_block_size(g * n, num_t)
     else:
-        fn = _single_group_field
+        block = select_block_size(g, n, m, d, num_t, opts.block_size)
+    if block:
+        from drift_jax import drift_blocked
 
-    def one(xg, pg, ng, wp, wn):
-        return fn(xg, pg, ng, wp, wn, opts, mask_self)
+        def one(xg, pg, ng, wp, wn):
+            return drift_blocked.single_group_field(xg, pg, ng, wp, wn, opts, mask_self,
+                                                    block_size=block)
+    else:
+        def one(xg, pg, ng, wp, wn):
+            return _single_group_field(xg, pg, ng, wp, wn, opts, mask_self)
 
     v, coord_scale, stats = jax.vmap(one)(x, y_pos, y_neg, w_pos, w_neg)
     return x, v, coord_scale, stats, grouped
@@ -532,6 +689,12 @@ def drift_loss(
     _, v, coord_scale, stats, grouped = _field_scaled(
         sg(x), sg(y_pos), None if y_neg is None else sg(y_neg), weights_pos, weights_neg,
         opts)
+    return _loss_from_field(x, v, coord_scale, stats, grouped)
+
+
+def _loss_from_field(x: Array, v: Array, coord_scale: Array, stats: dict, grouped: bool):
+    """Drifting loss from the scaled field v [G, N, D] and coord_scale [G] (see drift_loss)."""
+    sg = jax.lax.stop_gradient
     xg = jnp.asarray(x).astype(jnp.float32)
     if not grouped:
         xg = xg[None]

@@ -6,7 +6,7 @@ pass 2: kernel sums and the field's matmuls), so memory is O(N * (block + T * D)
 
 from __future__ import annotations
 
-import math
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -15,33 +15,41 @@ from drift_jax import drift
 
 Array = jax.Array
 
-# Working-set budget of one block in the automatic block size (bytes of [N, b] float32
-# matrices alive at once, about 3 + 3 T of them).
-BLOCK_BYTES = 32 * 2**20
+# Automatic block size: about BLOCK_BYTES of [N, b] float32 matrices alive at once (about
+# 2 + 2 T of them) keeps a block in cache; at least 128 targets keep the matmuls efficient
+# (for large N the cache budget cannot be met anyway); at most MAX_BLOCK_BYTES of them.
+BLOCK_BYTES = 8 * 2**20
+MAX_BLOCK_BYTES = 2**30
 _MIN_BLOCK = 16
+_MAX_BLOCK = 4096
+# Independent scans over the blocks (single device): XLA:CPU runs them concurrently.
+STREAMS = 2
 
 
-def auto_block_size(num_queries: int, num_temps: int, groups: int = 1) -> int:
-    """Targets per block so that one block's matrices take about BLOCK_BYTES."""
-    per_target = 4 * max(groups, 1) * max(num_queries, 1) * (3 + 3 * num_temps)
-    b = BLOCK_BYTES // per_target
+def auto_block_size(num_queries: int, num_temps: int) -> int:
+    """Targets per block for num_queries (all groups) and num_temps temperatures.
+
+    A multiple of 128 (or a power of two below 128), between 16 and 4096.
+    """
+    per_target = 4 * max(num_queries, 1) * (2 + 2 * num_temps)
+    b = max(BLOCK_BYTES // per_target, 128)
+    b = max(min(b, MAX_BLOCK_BYTES // per_target, _MAX_BLOCK), 1)
     if b >= 128:
         return int(b // 128 * 128)
-    return int(max(_MIN_BLOCK, 2 ** int(math.log2(max(b, 1)))))
+    return int(max(_MIN_BLOCK, 1 << (b.bit_length() - 1)))
 
 
-def _pad_blocks(y: Array, w: Array, b: int, index_base: int | None):
-    """Splits targets into [nb, b, ...] blocks; padding rows get weight 0 (masked).
+def _blocks(y: Array, w: Array, b: int) -> tuple[Array, Array, Array]:
+    """Targets [M, D] and weights [M] -> [nb, b, D], [nb, b] and global index [nb, b].
 
-    Returns (y [nb, b, D], w [nb, b], global index [nb, b] or None).
+    Padding rows (to a multiple of b) get weight 0, which masks them everywhere.
     """
     m, d = y.shape
     nb = max(1, -(-m // b))
     pad = nb * b - m
     y = jnp.pad(y, ((0, pad), (0, 0))).reshape(nb, b, d)
     w = jnp.pad(w, (0, pad)).reshape(nb, b)
-    idx = None if index_base is None else (index_base + jnp.arange(nb * b)).reshape(nb, b)
-    return y, w, idx
+    return y, w, jnp.arange(nb * b).reshape(nb, b)
 
 
 def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_neg: Array,
@@ -54,62 +62,64 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
     Same arguments and result as `drift._single_group_field`: x_nd [N, D], y_pos [M+, D],
     y_neg [M-, D], w_pos [M+], w_neg [M-]; returns (v [N, D], coord_scale [], stats).
     block_size (default `opts.block_size`, else automatic) is the number of targets per
-    block; sets that are not a multiple of it are padded with zero-weight targets.
-    q_valid, q_offset, n_total and axis_name serve the sharded form (see drift_sharded).
+    block; sets that are not a multiple of it are padded with zero-weight targets, which
+    are masked. q_valid, q_offset, n_total and axis_name serve the sharded form (see
+    drift_sharded): real rows [N], global index of row 0, global real rows, mesh axis.
     """
     n, d = x_nd.shape
     n_total = n if n_total is None else n_total
     b = block_size or opts.block_size or auto_block_size(n, len(opts.temperatures))
     b = max(1, min(b, max(y_neg.shape[0], y_pos.shape[0])))
     center = drift._target_center(y_pos, y_neg)
-    q_index = q_offset + jnp.arange(n) if mask_self else None
+    q = drift._make_queries(x_nd, q_valid, q_offset + jnp.arange(n) if mask_self else None)
 
-    # Both sets in one scan: a flag per block says which accumulator it feeds. Positives
-    # get index -1 so that they never match a query in the self-mask.
-    yn, wn, tn = _pad_blocks(y_neg, w_neg, b, 0 if mask_self else None)
-    yp, wp, tp = _pad_blocks(y_pos, w_pos, b, None)
-    ys = jnp.concatenate([yn, yp])
-    ws = jnp.concatenate([wn, wp])
-    flags = jnp.concatenate([jnp.zeros(yn.shape[0], jnp.int32), jnp.ones(yp.shape[0],
-                                                                          jnp.int32)])
-    if mask_self:
-        ts = jnp.concatenate([tn, jnp.full(wp.shape, -1, tn.dtype)])
-    else:
-        ts = jnp.zeros(ws.shape, jnp.int32)  # Unused.
+    # Both sets in one list of blocks; `is_pos` says which accumulator a block feeds.
+    # Positives get index -1 so that they never match a query in the self-mask.
+    yn, wn, tn = _blocks(y_neg, w_neg, b)
+    yp, wp, tp = _blocks(y_pos, w_pos, b)
+    ys, ws = jnp.concatenate([yn, yp]), jnp.concatenate([wn, wp])
+    index = jnp.concatenate([tn, jnp.full(tp.shape, -1, tn.dtype)]) if mask_self else None
+    is_pos = jnp.concatenate([jnp.zeros(yn.shape[0], jnp.int32),
+                              jnp.ones(yp.shape[0], jnp.int32)])
+    # Independent streams of blocks (one scan each) let XLA:CPU run them on different
+    # cores; collectives (sharded form) need one stream to keep their order.
+    streams = 1 if axis_name is not None else min(STREAMS, ys.shape[0])
+    nb = -(-ys.shape[0] // streams)
+    pad = nb * streams - ys.shape[0]
 
-    def block(y_b, w_b, t_b):
-        sq = drift._squared_distances(x_nd, y_b)
-        valid = drift._block_valid(n, w_b, q_valid, q_index, t_b if mask_self else None)
-        return sq, valid
+    def split(a):
+        """[blocks, ...] -> per-stream [nb, ...] arrays (dummy blocks are masked)."""
+        a = jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1))
+        return [a[s * nb:(s + 1) * nb] for s in range(streams)]
 
-    def pass1(carry, blk):
-        row_min, sum_dw, sum_w = carry
-        y_b, w_b, t_b = blk
-        sq, valid = block(y_b, w_b, t_b)
-        r, c, sdw, sw = drift._pass1_block(sq, valid, w_b, opts.scale_dist)
-        return (jnp.minimum(row_min, r), sum_dw + sdw, sum_w + sw), c
+    targets = [drift._make_targets(y_s, w_s, i_s, center) for y_s, w_s, i_s in zip(
+        split(ys), split(ws), split(index) if mask_self else [None] * streams, strict=True)]
+    is_pos = split(is_pos)
 
-    zero = jnp.zeros((), jnp.float32)
-    init = (jnp.full((n,), jnp.inf, jnp.float32), zero, zero)
-    (row_min, sum_dw, sum_w), col_min = jax.lax.scan(pass1, init, (ys, ws, ts))
-    if axis_name is not None:
-        col_min = jax.lax.pmin(col_min, axis_name)
-        sum_dw, sum_w = jax.lax.psum((sum_dw, sum_w), axis_name)
-    scale, coord_scale, rate = drift._scales(sum_dw, sum_w, d, opts)
-    row_shift = drift._shift(row_min, opts.kernel)
-    col_shift = drift._shift(col_min, opts.kernel)
+    def pass1(carry, t):
+        row_min, sum_dw = carry
+        r, c, sdw = drift._pass1_block(q, t, opts.scale_dist)
+        return (jnp.minimum(row_min, r), sum_dw + sdw), c
 
-    num_t = len(opts.temperatures)
+    init = (jnp.full((n,), jnp.inf, jnp.float32), jnp.zeros((), jnp.float32))
+    firsts = [jax.lax.scan(pass1, init, t) for t in targets]
+    row_min = functools.reduce(jnp.minimum, [f[0][0] for f in firsts])
+    sum_dw = sum(f[0][1] for f in firsts)
+    sum_w = drift._valid_weight_sum(q, w_pos, w_neg)
+    scale, coord_scale, unit, row_shift, col_shifts = drift._combine_pass1(
+        row_min, [f[1] for f in firsts], sum_dw, sum_w, d, opts, axis_name)
 
     def pass2(carry, blk):
         row_sums, acc = carry
-        y_b, w_b, t_b, c_b, flag = blk
-        sq, valid = block(y_b, w_b, t_b)
-        r, a = drift._pass2_block(sq, valid, y_b - center, w_b, row_shift, c_b, rate, opts,
-                                  axis_name)
-        return (row_sums + r, acc.at[flag].add(a)), None
+        t, c, pos = blk
+        r, a = drift._pass2_block(q, t, row_shift, c, unit, opts, axis_name)
+        return (row_sums + r, acc.at[pos].add(a)), None
 
+    num_t = len(opts.temperatures)
     init = (jnp.zeros((num_t, n), jnp.float32), jnp.zeros((2, num_t, n, d + 1), jnp.float32))
-    (row_sums, acc), _ = jax.lax.scan(pass2, init, (ys, ws, ts, col_shift, flags))
+    outs = [jax.lax.scan(pass2, init, blk)[0]
+            for blk in zip(targets, col_shifts, is_pos, strict=True)]
+    row_sums = sum(o[0] for o in outs)
+    acc = sum(o[1] for o in outs)
     return drift._finish(row_sums, acc[0], acc[1], scale, coord_scale, n_total, opts,
                          axis_name)

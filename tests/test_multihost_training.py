@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,6 +77,21 @@ def test_two_processes_equal_one_process(one_process_run, tmp_path):
     assert s1 == s2 == 20
     for a, b in zip(p1, p2, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_one_process_checkpoint_continues_in_two_processes(one_process_run, tmp_path):
+    workdir = str(tmp_path / 'grow')
+    shutil.copytree(one_process_run, workdir)
+    cmd = ['bash', LOCAL, '2', '--devices_per_process', '2', '--timeout', '300', '--',
+           *_main_cmd(workdir, 24, '--config.train.checkpoint_every=10')]
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(2), capture_output=True, text=True,
+                         timeout=330)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
+    assert 'resumed from step 20' in out.stdout
+    losses = _losses(workdir)
+    assert sorted(losses) == list(range(1, 25))
+    assert all(np.isfinite(v) for v in losses.values())
 
 
 def _wait_for_step(workdir: str, proc: subprocess.Popen, step: int, within: float = 120):

@@ -181,3 +181,21 @@ def test_config_json_round_trips(finished_run):
         saved = json.load(f)
     assert saved['train']['steps'] == config.train.steps
     assert saved['drift']['temperatures'] == list(config.drift.temperatures)
+
+
+def test_failing_save_names_the_step_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+    workdir = str(tmp_path / 'full')
+    original = checkpointing.ocp.CheckpointManager.save
+
+    def save(self, step, *args, **kwargs):
+        if step >= 20:
+            raise OSError(28, 'No space left on device')
+        return original(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(checkpointing.ocp.CheckpointManager, 'save', save)
+    with pytest.raises(OSError, match=r'checkpoint of step 20 .* No space left on device.*'
+                                      r'Earlier checkpoints are kept: \[10\]'):
+        train.train_and_evaluate(tiny_config(), workdir)
+    monkeypatch.undo()
+    _, _, step = train.load_run(workdir)
+    assert step == 10

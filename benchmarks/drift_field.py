@@ -1,0 +1,203 @@
+"""Benchmark of the drifting-field engine: naive dense baseline vs dense vs blocked forms.
+
+Times each case (median of --repeats runs after a warm-up, block_until_ready), and reports
+kernel entries/s, GFLOP/s, % of a same-shape float32 matmul measured in the same run, peak
+memory from XLA's compiled memory analysis and the speedup over the naive baseline.
+
+    python benchmarks/drift_field.py                 # default sizes (< 10 min on 2 cores)
+    python benchmarks/drift_field.py --big --json /tmp/drift_bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from drift_jax import drift  # noqa: E402
+
+PAPER = (0.02, 0.05, 0.2)
+
+
+def naive(x, y_pos, y_neg, temps, self_mask=True):
+    """The straightforward dense formulation (kept verbatim as the baseline).
+
+    cdist by expansion, then per temperature: exp of the masked logits through a row and
+    a column log_softmax, geometric mean in log space (no 1e-6 floor), the two matmuls,
+    RMS normalisation. Scale = mean distance over valid pairs; self pairs masked.
+    """
+    n, m_neg = x.shape[0], y_neg.shape[0]
+    targets = jnp.concatenate([y_neg, y_pos], 0)
+    sq = (jnp.sum(x ** 2, -1)[:, None] + jnp.sum(targets ** 2, -1)[None]
+          - 2 * x @ targets.T)
+    dist = jnp.sqrt(jnp.maximum(sq, 1e-12))
+    eye = jnp.arange(n)[:, None] == jnp.arange(targets.shape[0])[None]
+    eye = eye & self_mask
+    scale = jnp.sum(jnp.where(eye, 0.0, dist)) / (dist.size - self_mask * min(n, m_neg))
+    dist = dist / scale
+    y_scaled = targets * (math.sqrt(x.shape[1]) / scale)
+    v = 0.0
+    for t in temps:
+        logits = jnp.where(eye, -1e30, -dist / t)
+        log_a = 0.5 * (jax.nn.log_softmax(logits, 1) + jax.nn.log_softmax(logits, 0))
+        a = jnp.where(eye, 0.0, jnp.exp(log_a))
+        a_neg, a_pos = a[:, :m_neg], a[:, m_neg:]
+        v_t = (a_neg.sum(1, keepdims=True) * (a_pos @ y_scaled[m_neg:])
+               - a_pos.sum(1, keepdims=True) * (a_neg @ y_scaled[:m_neg]))
+        v = v + v_t / jnp.sqrt(jnp.mean(v_t ** 2))
+    return v * (scale / math.sqrt(x.shape[1]))
+
+
+def library(form, block_size, temps, self_mask=True):
+    """compute_drift_field with the dense or blocked form forced (paper options)."""
+    opts = drift.DriftOptions(temperatures=temps, self_mask=self_mask, block_size=block_size)
+
+    def field(x, y_pos, y_neg):
+        _, v, coord_scale, _, _ = drift._field_scaled(x, y_pos, y_neg, None, None, opts,
+                                                     form=form)
+        return v[0] * coord_scale[0]
+    return field
+
+
+def inputs(n, m, d, seed=0):
+    """(x [n, d], y_pos, y_neg, self_mask): m - n positives and the queries as negatives
+    (self-masked, as in training) when m > n; else m / 2 random negatives and positives."""
+    k = jax.random.split(jax.random.key(seed), 3)
+    x = jax.random.normal(k[0], (n, d))
+    if m > n:
+        return x, jax.random.normal(k[1], (m - n, d)) + 0.3, x, True
+    y_neg = jax.random.normal(k[2], (m // 2, d))
+    return x, jax.random.normal(k[1], (m - m // 2, d)) + 0.3, y_neg, False
+
+
+def peak_mb(compiled):
+    """Temp + output bytes of XLA's compiled memory analysis, in MiB (None if absent)."""
+    try:
+        mem = compiled.memory_analysis()
+        return (mem.temp_size_in_bytes + mem.output_size_in_bytes) / 2**20
+    except Exception:  # noqa: BLE001 - not every backend reports it.
+        return None
+
+
+def timed(fns, repeats):
+    """Median wall and process-CPU ms of each compiled fn: {name: (ms, cpu_ms)}.
+
+    One warm-up each, then `repeats` rounds that run every fn once (interleaved, so a
+    change in machine load affects all of them alike).
+    """
+    for f, args in fns.values():
+        jax.block_until_ready(f(*args))
+    walls = {k: [] for k in fns}
+    cpus = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, (f, args) in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            jax.block_until_ready(f(*args))
+            walls[name].append(time.perf_counter() - t0)
+            cpus[name].append(time.process_time() - c0)
+    return {k: (1e3 * statistics.median(walls[k]), 1e3 * statistics.median(cpus[k]))
+            for k in fns}
+
+
+def run_case(n, m, d, temps, impls, block_size, repeats):
+    """Benchmarks every impl on one (n, m, d, temps) case; returns records."""
+    x, y_pos, y_neg, self_mask = inputs(n, m, d)
+    # The same N x D x M matmul, timed alongside; capped at 8192 x 8192 outputs.
+    a = jax.random.normal(jax.random.key(1), (min(n, 8192), d))
+    b = jax.random.normal(jax.random.key(2), (d, min(m, 8192)))
+    fns = {'matmul': (jax.jit(lambda a, b: jnp.dot(a, b)).lower(a, b).compile(), (a, b))}
+    for impl in impls:
+        fn = (lambda x, yp, yn: naive(x, yp, yn, temps, self_mask)) if impl == 'naive' \
+            else library(impl, block_size, temps, self_mask)
+        fns[impl] = (jax.jit(fn).lower(x, y_pos, y_neg).compile(), (x, y_pos, y_neg))
+    times = timed(fns, repeats)
+    mm_gflops = 2 * a.shape[0] * b.shape[1] * d / (times['matmul'][0] * 1e-3) / 1e9
+    records, outputs = [], {}
+    for impl in impls:
+        compiled, args = fns[impl]
+        ms, cpu_ms = times[impl]
+        outputs[impl] = compiled(*args)
+        flops = (2 + 2 * len(temps)) * n * m * d
+        records.append(dict(
+            impl=impl, n=n, m=m, d=d, temps=list(temps), ms=ms, cpu_ms=cpu_ms,
+            entries_per_s=n * m * len(temps) / (ms * 1e-3), gflops=flops / (ms * 1e-3) / 1e9,
+            pct_matmul=100 * flops / (ms * 1e-3) / 1e9 / mm_gflops, matmul_gflops=mm_gflops,
+            peak_mb=peak_mb(compiled), speedup_vs_naive=None, max_rel_diff=None))
+    ref = outputs.get('dense', outputs.get('naive'))
+    base = next((r for r in records if r['impl'] == 'naive'), None)
+    for r in records:
+        if base is not None:
+            r['speedup_vs_naive'] = base['ms'] / r['ms']
+        if ref is not None:
+            out = outputs[r['impl']]
+            r['max_rel_diff'] = float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))
+    return records
+
+
+def fmt(v, spec):
+    return '-' if v is None else format(v, spec)
+
+
+def print_table(records):
+    head = (f"{'impl':8s} {'n':>6s} {'m':>6s} {'d':>4s} {'T':>2s} {'ms':>9s} {'cpu_ms':>9s} "
+            f"{'Mentry/s':>9s} {'GFLOP/s':>8s} {'%mm':>6s} {'peak_MB':>8s} {'vs naive':>8s} "
+            f"{'rel_diff':>9s}")
+    print(head)  # %mm: % of the same-shape matmul's GFLOP/s; rel_diff: vs dense (or naive).
+    print('-' * len(head))
+    for r in records:
+        print(f"{r['impl']:8s} {r['n']:6d} {r['m']:6d} {r['d']:4d} {len(r['temps']):2d} "
+              f"{r['ms']:9.1f} {r['cpu_ms']:9.1f} {r['entries_per_s'] / 1e6:9.1f} "
+              f"{r['gflops']:8.1f} {r['pct_matmul']:6.1f} {fmt(r['peak_mb'], '8.0f')} "
+              f"{fmt(r['speedup_vs_naive'], '8.2f')} {fmt(r['max_rel_diff'], '9.1e')}",
+              flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--n', type=int, default=4096, help='queries')
+    p.add_argument('--m', type=int, default=8192,
+                   help='targets: the n queries as negatives + m - n positives (if m > n)')
+    p.add_argument('--dims', default='2,64,784', help='comma-separated dimensions')
+    p.add_argument('--temps', nargs='+', default=['0.05', ','.join(map(str, PAPER))],
+                   help='temperature sets, each comma-separated')
+    p.add_argument('--impls', default='naive,dense,blocked', help='naive, dense, blocked')
+    p.add_argument('--block_size', type=int, default=0, help='0: automatic')
+    p.add_argument('--repeats', type=int, default=5, help='timed runs per case (>= 5)')
+    p.add_argument('--big', action='store_true',
+                   help='also run 65536 x 65536, D=64, paper temperatures, blocked only')
+    p.add_argument('--json', default=None, help='write the records here')
+    args = p.parse_args(argv)
+    if args.repeats < 5:
+        p.error('--repeats must be >= 5')
+    impls = args.impls.split(',')
+    temp_sets = [tuple(float(t) for t in s.split(',')) for s in args.temps]
+    print(f'jax {jax.__version__} on {jax.default_backend()} ({platform.processor() or "?"},'
+          f' {jax.devices()[0].device_kind}); times: median of {args.repeats} runs; peak_MB:'
+          ' XLA compiled memory analysis, temp + output', flush=True)
+    records = []
+    for d in (int(v) for v in args.dims.split(',')):
+        for temps in temp_sets:
+            records += run_case(args.n, args.m, d, temps, impls, args.block_size or None,
+                                args.repeats)
+    print_table(records)
+    if args.big:
+        big = run_case(65536, 65536, 64, PAPER, ['blocked'], args.block_size or None,
+                       args.repeats)
+        print_table(big)
+        records += big
+    if args.json:
+        Path(args.json).write_text(json.dumps(records, indent=1))
+    return records
+
+
+if __name__ == '__main__':
+    main()

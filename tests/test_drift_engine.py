@@ -1,0 +1,229 @@
+"""Tests of the drift-field engine: blocked == dense, automatic form choice, sharded form.
+
+The blocked (streaming) form must equal the dense one for every option; the sharded form
+(8 fake CPU devices, in a subprocess because XLA_FLAGS must precede the jax import) must
+equal the single-device field. Functions are jitted once per case to keep the file fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from drift_jax import drift, drift_blocked
+from drift_jax.drift import DriftOptions, compute_drift_field
+
+PAPER = (0.02, 0.05, 0.2)
+TOL = 1e-5
+
+
+@functools.partial(jax.jit, static_argnames=('opts', 'form'))
+def _field(x, y_pos, y_neg, w_pos, w_neg, opts, form):
+    """(V [G, N, D] in the input's coordinates, stats) of the forced form."""
+    _, v, scale, stats, _ = drift._field_scaled(x, y_pos, y_neg, w_pos, w_neg, opts,
+                                                form=form)
+    return v * scale[:, None, None], stats
+
+
+def _rel(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert np.isfinite(got).all()
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+
+
+def _f32(a):
+    return np.asarray(a, np.float32)
+
+
+def _inputs(case: str):
+    """(x, y_pos, y_neg, w_pos, w_neg, options) for one named case."""
+    rng = np.random.default_rng(len(case))
+    x = _f32(rng.normal(size=(37, 2)))                  # 37 and 29: not multiples of 8.
+    y = _f32(rng.normal(size=(29, 2)) + 0.5)
+    if case == 'default-odd-sizes':
+        return x, y, None, None, None, dict(block_size=8)
+    if case == 'targets-gauss-d16-weights':
+        x16, y16 = _f32(rng.normal(size=(21, 16))), _f32(rng.normal(size=(30, 16)) + 0.3)
+        w = _f32(rng.uniform(0.5, 2.0, size=30))
+        w[3] = 0.0
+        return x16, y16, _f32(rng.normal(size=(18, 16)) - 0.3), w, None, dict(
+            normalize='targets', kernel='gaussian', temperatures=(0.3, 0.6),
+            scale_dist=False, self_mask=False, block_size=7)
+    if case == 'none-laplace-d3':
+        return _f32(rng.normal(size=(19, 3))), _f32(rng.normal(size=(23, 3))), None, None, \
+            None, dict(normalize='none', temperatures=(0.2, 0.5), block_size=16)
+    if case in ('tau0.01-far', 'tau0.01-far-normalized'):
+        # Raw coordinates, distances 4 to 20: logits -400 to -2000 at tau = 0.01.
+        ang = np.arange(11) * 2 * np.pi / 11
+        xf = _f32(np.stack([np.cos(ang), np.sin(ang)], 1) * 8)
+        yf = _f32(np.stack([np.cos(ang + 0.2), np.sin(ang + 0.2)], 1) * 12)
+        return xf, yf, None, None, None, dict(
+            temperatures=(0.01,), scale_dist=False, block_size=3,
+            normalize_drift=case.endswith('normalized'))
+    if case == 'groups-cfg-selfmask':
+        g, n = 3, 13
+        xg = _f32(rng.normal(size=(g, n, 3)) * np.array([0.3, 1.0, 3.0])[:, None, None])
+        neg = np.concatenate([xg, _f32(rng.normal(size=(g, 6, 3)))], axis=1)
+        w_neg = np.ones((g, n + 6), np.float32)
+        w_neg[:, n:] = 0.5 * (n - 1) / 6
+        w_neg[1, n + 2] = 0.0
+        w_pos = _f32(rng.uniform(0.5, 2.0, size=(g, 17)))
+        return xg, _f32(rng.normal(size=(g, 17, 3)) + 0.4), neg, w_pos, w_neg, dict(
+            self_mask=True, block_size=4)
+    if case == 'block-larger-than-n-and-m':
+        return x, y, None, None, None, dict(block_size=1000)
+    if case == 'paper-temps-block-1':
+        return x[:9], y[:7], None, None, None, dict(temperatures=PAPER, block_size=1)
+    if case == 'no-power-plan-temps':
+        return x, y, None, None, None, dict(temperatures=(0.03, 0.07, 0.11), block_size=8)
+    raise ValueError(case)
+
+
+CASES = ['default-odd-sizes', 'targets-gauss-d16-weights', 'none-laplace-d3', 'tau0.01-far',
+         'tau0.01-far-normalized', 'groups-cfg-selfmask', 'block-larger-than-n-and-m',
+         'paper-temps-block-1', 'no-power-plan-temps']
+
+
+@pytest.mark.parametrize('case', CASES)
+def test_blocked_equals_dense(case: str) -> None:
+    x, y_pos, y_neg, w_pos, w_neg, kw = _inputs(case)
+    opts = DriftOptions(**kw)
+    dense, dense_stats = _field(x, y_pos, y_neg, w_pos, w_neg, opts, 'dense')
+    blocked, blocked_stats = _field(x, y_pos, y_neg, w_pos, w_neg, opts, 'blocked')
+    assert blocked.shape[-2:] == np.shape(x)[-2:]
+    assert np.abs(np.asarray(dense)).max() > 0
+    assert _rel(blocked, dense) < TOL
+    for key, value in dense_stats.items():
+        np.testing.assert_allclose(blocked_stats[key], value, rtol=TOL)
+
+
+def test_blocked_bf16_inputs_equal_dense() -> None:
+    x, y_pos, _, _, _, _ = _inputs('default-odd-sizes')
+    xb, yb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(y_pos, jnp.bfloat16)
+    opts = DriftOptions(block_size=8)
+    blocked = _field(xb, yb, None, None, None, opts, 'blocked')[0]
+    dense = _field(xb, yb, None, None, None, opts, 'dense')[0]
+    assert blocked.dtype == jnp.float32
+    assert _rel(blocked, dense) < TOL
+
+
+def test_public_api_block_size_matches_default() -> None:
+    """compute_drift_field(block_size=...) == the automatic (here dense) result."""
+    x, y_pos, _, _, _, _ = _inputs('default-odd-sizes')
+    want = compute_drift_field(x, y_pos)
+    got = compute_drift_field(x, y_pos, block_size=5)
+    assert _rel(got, want) < TOL
+
+
+def test_blocked_gradient_matches_dense() -> None:
+    x, y_pos, _, _, _, _ = _inputs('default-odd-sizes')
+    probe = jnp.asarray(np.random.default_rng(0).normal(size=x.shape), jnp.float32)
+    opts = DriftOptions(temperatures=(0.05, 0.2), block_size=8)
+
+    def grad(form):
+        def f(a):
+            return jnp.sum(_field(a[None], y_pos[None], None, None, None, opts, form)[0][0]
+                           * probe)
+        return jax.jit(jax.grad(f))(jnp.asarray(x))
+
+    assert _rel(grad('blocked'), grad('dense')) < 1e-4
+
+
+# ----------------------------------------------------------------------------
+# Automatic choice of the form.
+
+
+def test_select_block_size_memory_threshold() -> None:
+    # Off CPU only the memory estimate decides.
+    t = 3
+    per_entry = drift.dense_memory_bytes(1, 1, 1, t)
+    limit_entries = drift.DENSE_MEMORY_LIMIT_BYTES // per_entry
+    n = 4096
+    m_fits = limit_entries // n
+    assert drift.select_block_size(1, n, m_fits, 64, t, backend='gpu') is None
+    block = drift.select_block_size(1, n, m_fits + 1, 64, t, backend='gpu')
+    assert isinstance(block, int) and block > 0
+    # Groups count: two groups of half the size need as much as one of the full size.
+    assert drift.select_block_size(2, n, m_fits // 2 + 1, 64, t, backend='gpu')
+    assert drift.select_block_size(1, 65536, 65536, 784, t, backend='cpu')  # 2 GiB+.
+
+
+def test_select_block_size_speed_rule_and_explicit() -> None:
+    big = drift.BLOCKED_MIN_ENTRIES
+    assert drift.select_block_size(1, 1024, big // 1024, 2, 1, backend='cpu')
+    assert drift.select_block_size(1, 1024, big // 1024 - 1, 2, 1, backend='cpu') is None
+    assert drift.select_block_size(1, 4096, 8192, 784, 1, backend='cpu') is None
+    assert drift.select_block_size(1, 4096, 8192, 2, 1, backend='tpu') is None
+    assert drift.select_block_size(1, 8, 8, 2, 1, block_size=3, backend='cpu') == 3
+
+
+@pytest.mark.parametrize('n,t', [(1, 1), (4096, 1), (4096, 3), (65536, 3), (10**7, 3)])
+def test_auto_block_size_bounds(n: int, t: int) -> None:
+    b = drift_blocked.auto_block_size(n, t)
+    assert 16 <= b <= 4096
+    assert b % 128 == 0 or (b < 128 and b & (b - 1) == 0)
+
+
+def test_field_takes_blocked_path_above_threshold(monkeypatch) -> None:
+    """With a tiny memory limit the public API must stream (and give the same field)."""
+    x, y_pos, _, _, _, _ = _inputs('default-odd-sizes')
+    want = compute_drift_field(x, y_pos)
+    calls = []
+    real = drift_blocked.single_group_field
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get('block_size'))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(drift, 'DENSE_MEMORY_LIMIT_BYTES', 1024)
+    monkeypatch.setattr(drift_blocked, 'single_group_field', spy)
+    got = compute_drift_field(x, y_pos)
+    assert calls and calls[0] > 0
+    assert _rel(got, want) < TOL
+
+
+@pytest.mark.parametrize('bad', [2.5, '8', True, np.float32(4.0)])
+def test_non_integer_block_size_raises(bad) -> None:
+    with pytest.raises(ValueError, match='block_size'):
+        DriftOptions(block_size=bad)
+
+
+def test_negative_block_size_raises() -> None:
+    with pytest.raises(ValueError, match='block_size=-1'):
+        DriftOptions(block_size=-1)
+    assert DriftOptions(block_size=np.int64(64)).block_size == 64
+
+
+# ----------------------------------------------------------------------------
+# Sharded form: 8 fake CPU devices in a subprocess.
+
+SHARDED_CASES = ['default-odd-n', 'mesh8-odd-n', 'explicit-mesh', 'fewer-queries-than-devices',
+                 'blocked-per-device', 'tau0.01-raw', 'none-laplace',
+                 'targets-gauss-d16-weights', 'groups-cfg-selfmask', 'bf16', 'loss',
+                 'loss-grad']
+
+
+@pytest.fixture(scope='module')
+def sharded_results() -> dict:
+    worker = Path(__file__).with_name('_drift_sharded_worker.py')
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+               JAX_PLATFORMS='cpu')
+    proc = subprocess.run([sys.executable, str(worker)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize('case', SHARDED_CASES)
+def test_sharded_equals_single_device(sharded_results: dict, case: str) -> None:
+    assert case in sharded_results, sorted(sharded_results)
+    assert sharded_results[case] < TOL, sharded_results[case]
