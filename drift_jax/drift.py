@@ -421,11 +421,29 @@ def _finish(row_sums: Array, acc_neg: Array, acc_pos: Array, scale: Array,
     # The two terms' coefficients sum to zero, so V is translation invariant; the
     # explicit "- x" terms of the mean-shift form cancel and are omitted.
     v_t = row_factor[..., None] * (s_neg * p - s_pos * q) / coord_scale     # [T, N, D]
+    # When attraction and repulsion cancel (y_pos and y_neg the same set), what is left is
+    # float32 rounding of the two terms; RMS normalisation would blow it up to unit size.
+    # Call a temperature's field zero when it is below the rounding level of its terms.
+    terms = row_factor[..., None] * (jnp.abs(s_neg * p) + jnp.abs(s_pos * q))
+    v_t = jnp.where(_cancelled(v_t * coord_scale, terms, axis_name)[:, None, None], 0.0, v_t)
     rms, v_unit = _rms_normalize(v_t, n_total * d, axis_name)
     stats = {'scale': scale}
     for tau, r in zip(opts.temperatures, rms, strict=True):
         stats[f'rms_tau_{tau:g}'] = r
     return jnp.sum(v_unit if opts.normalize_drift else v_t, axis=0), coord_scale, stats
+
+
+_CANCEL_RTOL = 64 * float(jnp.finfo(jnp.float32).eps)   # ~7.6e-6
+
+
+def _cancelled(v_t: Array, terms: Array, axis_name=None) -> Array:
+    """[T] bools: max |V_t| is within float32 rounding (relative) of max of its terms."""
+    v_peak = jax.lax.stop_gradient(jnp.max(jnp.abs(v_t), axis=(1, 2)))
+    t_peak = jax.lax.stop_gradient(jnp.max(terms, axis=(1, 2)))
+    if axis_name is not None:
+        v_peak = jax.lax.pmax(v_peak, axis_name)
+        t_peak = jax.lax.pmax(t_peak, axis_name)
+    return v_peak <= _CANCEL_RTOL * t_peak
 
 
 def _rms_normalize(v_t: Array, count: int, axis_name=None) -> tuple[Array, Array]:

@@ -273,17 +273,11 @@ def test_anti_symmetry(opts) -> None:
     np.testing.assert_allclose(v_swapped, -v, rtol=1e-5, atol=1e-6 * np.abs(v).max())
 
 
-_SAME_SET_BUG = (
-    'BUG: normalize_drift divides each temperature\'s field by its RMS with no floor relative '
-    'to the size of its two terms; when y_pos and y_neg are the same set in a different order '
-    'V_tau is float32 rounding noise (~1e-7 of the terms) and the division amplifies it to an '
-    'O(1) field with RMS 1 per temperature instead of 0.')
-
-
 @pytest.mark.parametrize('normalize_drift,scale_dist', [
     (False, True),
     (False, False),
-    pytest.param(True, True, marks=pytest.mark.xfail(strict=True, reason=_SAME_SET_BUG)),
+    (True, True),
+    (True, False),
 ])
 def test_zero_field_for_equal_sets(normalize_drift: bool, scale_dist: bool) -> None:
     rng = np.random.default_rng(2)
