@@ -23,6 +23,8 @@ setup(
         'pillow>=10',
         'tqdm>=4.66',
         'tensorboardX>=2.6',
+        'grain>=0.2',
+        'scikit-learn>=1.3',   # bundled 8x8 digits: the offline image dataset
     ],
     extras_require={
         'test': [
@@ -32,6 +34,8 @@ setup(
             'nbformat>=5.9',
             'nbclient>=0.10',
             'ipykernel>=6.29',
+            'jupyter_client>=8',
+            'scipy>=1.11',
         ],
     },
 )
