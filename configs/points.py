@@ -14,9 +14,5 @@ def get_config():
     c.data.path = ''
     # Any dimension: the paper's field normalises distances by their batch mean, so its
     # temperatures need no retuning per dataset.
-    c.drift.temperatures = (0.02, 0.05, 0.2)
-    c.drift.scale_dist = True
-    c.drift.normalize_drift = True
-    c.optim.learning_rate = 2e-3
-    c.train.ema_decay = 0.999
+    defaults.use_paper_field(c)
     return c

@@ -12,9 +12,5 @@ def get_config():
     # Separated thin modes: the paper's field (three temperatures on scale-normalised
     # distances, each RMS-normalised) with a higher learning rate and a slower EMA leaves
     # fewer samples on the bridges a continuous generator draws between modes.
-    c.drift.temperatures = (0.02, 0.05, 0.2)
-    c.drift.scale_dist = True
-    c.drift.normalize_drift = True
-    c.optim.learning_rate = 2e-3
-    c.train.ema_decay = 0.999
+    defaults.use_paper_field(c)
     return c

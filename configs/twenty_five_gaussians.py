@@ -13,9 +13,5 @@ def get_config():
     # ED/floor 8.1 after 2000 steps against 20.8 for the simple single-temperature form;
     # 3500 steps did not improve it (8.1), so the bridges between the 25 tight modes, not
     # the training length, limit it.
-    c.drift.temperatures = (0.02, 0.05, 0.2)
-    c.drift.scale_dist = True
-    c.drift.normalize_drift = True
-    c.optim.learning_rate = 2e-3
-    c.train.ema_decay = 0.999
+    defaults.use_paper_field(c)
     return c
