@@ -88,6 +88,7 @@ class ImageTask:
         self.mesh = train.make_mesh(config.mesh)
         self.tx = train.make_optimizer(config.optim, config.train.steps)
         self.encoder = load_frozen_encoder(config, self.image_shape)
+        self._generate = jax.jit(self.generate)   # one compile for every eval and sample call
 
     # -- state ---------------------------------------------------------------------------
 
@@ -176,10 +177,9 @@ class ImageTask:
         if not alpha >= 1:
             raise ValueError(f'alpha must be >= 1, got {alpha}.')
         out = []
-        gen = jax.jit(self.generate)
         for start in range(0, n, 1000):
             lab = jnp.asarray(labels[start:start + 1000])
-            x = gen(params, jax.random.fold_in(key, start), lab,
+            x = self._generate(params, jax.random.fold_in(key, start), lab,
                     jnp.full(lab.shape, alpha, jnp.float32))
             out.append(np.asarray(x))
         return np.clip((np.concatenate(out) + 1.0) / 2.0, 0.0, 1.0)
@@ -334,18 +334,17 @@ class MAETask:
         return loss, (dict(stats), extra)
 
     def make_evaluator(self, seed: int):
-        task = self
+        """Masked-reconstruction loss of the EMA encoder on held-out images (fixed mask)."""
+        from drift_jax import encoders
+        split = 'test' if 'test' in self.data.info.split_sizes else 'validation'
+        images = self.data.class_arrays(split)[0][:self.config.eval.num_samples]
+        m = self.config.mae
+        loss_fn = jax.jit(lambda p: encoders.mae_loss(
+            p, self.model, images, jax.random.PRNGKey(seed), m.mask_ratio, m.patch_size)[0])
 
         def evaluate(state, step, sample_dir=None):
-            from drift_jax import encoders
-            test_split = 'test' if 'test' in task.data.info.split_sizes else 'validation'
-            x, _ = task.data.class_arrays(test_split)
-            x = x[:task.config.eval.num_samples]
-            m = task.config.mae
-            loss, _ = jax.jit(encoders.mae_loss, static_argnums=(1, 4, 5))(
-                state.ema_params['params'], task.model, x, jax.random.PRNGKey(seed),
-                m.mask_ratio, m.patch_size)
-            return {'mae_test_loss': float(loss)}
+            del step, sample_dir
+            return {'mae_test_loss': float(loss_fn(state.ema_params['params']))}
         return evaluate
 
     def sample(self, params, key, n, **kwargs):

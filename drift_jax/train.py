@@ -188,8 +188,7 @@ class ToyTask:
 
     def sample(self, params, key: jax.Array, n: int) -> np.ndarray:
         """n samples [n, D] from the generator with `params`, in the user's coordinates."""
-        x = jax.jit(generate, static_argnums=(0, 3, 4))(self.model, params, key, n,
-                                                         self.noise_dim)
+        x = _generate_jit(self.model, params, key, n, self.noise_dim)
         return np.asarray(self.dataset.to_data_space(np.asarray(x)))
 
 
@@ -263,6 +262,10 @@ def generate(model, params, key: jax.Array, n: int, noise_dim: int, mesh=None) -
     return model.apply(params, eps)
 
 
+# Shared by sampling and evaluation: one compile per (model, n), not one per call.
+_generate_jit = jax.jit(generate, static_argnums=(0, 3, 4))
+
+
 def make_train_step(task) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Returns the jitted pure step `(state, batch) -> (state, metrics)`.
 
@@ -317,13 +320,12 @@ class ToyEvaluator:
         # V-statistics: the floor is then strictly positive (~ E||X-X'|| (1/n + 1/m)), so
         # the ratio is well defined; the unbiased form fluctuates around zero.
         self.floor = metrics.energy_distance(floor_a, floor_b, unbiased=False)
-        self._generate = jax.jit(generate, static_argnums=(0, 3, 4))
 
     def __call__(self, state: TrainState, step: int, sample_dir: str | None = None
                  ) -> dict[str, float]:
         """Metrics of the EMA generator; also plots samples over data into `sample_dir`."""
         cfg = self.task.config
-        gen = np.asarray(self._generate(self.task.model, state.ema_params, self.k_gen,
+        gen = np.asarray(_generate_jit(self.task.model, state.ema_params, self.k_gen,
                                         cfg.eval.num_samples, self.task.noise_dim))
         if not np.all(np.isfinite(gen)):
             raise FloatingPointError(f'The EMA generator produced NaN/inf samples at step '
