@@ -15,8 +15,8 @@ def get_config(init: str = 'middle'):
     c.data.name = 'bimodal'
     c.model.init = init
     # The paper's field: three temperatures on scale-normalised distances, each RMS-normalised.
-    # The single raw temperature of the other toys sees only the nearest mode (exp(-3/0.05)
-    # ~ 1e-26 across the gap) and keeps a collapsed start collapsed.
+    # One temperature of 0.05 on raw coordinates sees only the nearest mode (exp(-3/0.05)
+    # ~ 1e-26 across the gap): measured, a collapsed start stayed collapsed.
     c.drift.temperatures = (0.02, 0.05, 0.2)
     c.drift.scale_dist = True
     c.drift.normalize_drift = True

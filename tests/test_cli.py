@@ -85,3 +85,22 @@ def test_default_workdir_names():
     assert main_module.default_workdir('configs/spiral.py') == os.path.join('workdirs', 'spiral')
     assert main_module.default_workdir('configs/bimodal.py:far') == os.path.join(
         'workdirs', 'bimodal_far')
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--out=samples.txt'], '--out must end in .npy, .csv or .png'),
+    (['--alpha=0.5'], '--alpha must be >= 1'),
+    (['--num=0'], '--num must be positive'),
+])
+def test_sample_cli_rejects_bad_flags(cli_workdir, tmp_path, args, message):
+    args = [a.replace('--out=', f'--out={tmp_path}/') for a in args]
+    out = run(['drift_jax.sample', f'--workdir={cli_workdir}', *args], timeout=120)
+    assert out.returncode != 0
+    assert message in out.stderr
+
+
+def test_sample_cli_on_missing_workdir(tmp_path):
+    out = run(['drift_jax.sample', f'--workdir={tmp_path}/nothing', '--num=3',
+               f'--out={tmp_path}/s.npy'], timeout=120)
+    assert out.returncode != 0
+    assert 'is not a drift_jax workdir' in out.stderr or 'does not exist' in out.stderr
