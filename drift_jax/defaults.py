@@ -94,7 +94,7 @@ def image_config() -> ml_collections.ConfigDict:
     c.data.download = False       # never reach the network unless asked
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = 'conv'         # 'conv' | 'dit'
+    c.model.name = 'conv'         # 'conv' | 'dit' | 'mlp'
     c.model.noise_dim = 64
     c.model.base_channels = 32
     c.model.num_res_blocks = 1
@@ -102,8 +102,8 @@ def image_config() -> ml_collections.ConfigDict:
     c.model.cond_dim = 128
     c.model.tanh_output = True
     c.model.patch_size = 4        # dit only
-    c.model.hidden = 256
-    c.model.depth = 6
+    c.model.hidden = 256          # dit width; mlp hidden width
+    c.model.depth = 6             # dit blocks; mlp residual blocks
     c.model.heads = 4
     c.model.num_style_tokens = 0
     c.model.mlp_ratio = 4
@@ -146,6 +146,7 @@ def mae_config() -> ml_collections.ConfigDict:
     c.mae.widths = (32, 64, 128)
     c.mae.blocks_per_stage = 1
     c.mae.decoder_width = 64
+    c.mae.stem_stride = 1         # 2 halves the encoder's resolution first (4x cheaper)
     c.mae.mask_ratio = 0.5
     c.mae.patch_size = 2
     c.train.batch_size = 128

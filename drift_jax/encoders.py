@@ -70,10 +70,13 @@ class ResNetEncoder(nn.Module):
     depend on the batch: no train/eval mode). Stage 0 keeps the input resolution; each
     later stage halves it with a stride-2 first block (SAME padding: 28 -> 14 -> 7 -> 4).
     Widths (32, 64, 128) on 32x32 images give maps 32x32x32, 16x16x64, 8x8x128.
+    With `stem_stride` 2 the stem already halves the resolution (28x28 -> 14x14), which
+    cuts the cost of every later layer by about 4x (what the MNIST encoder uses on a CPU).
 
     Attributes:
       widths: channels of each stage (the number of stages is len(widths)).
       blocks_per_stage: residual blocks per stage.
+      stem_stride: stride of the 3x3 stem conv (1 keeps the input resolution).
       norm_groups: GroupNorm groups (gcd with the channel count).
       dtype: computation dtype (parameters stay float32).
     """
@@ -81,6 +84,7 @@ class ResNetEncoder(nn.Module):
     widths: Sequence[int] = (32, 64, 128)
     blocks_per_stage: int = 2
     norm_groups: int = 8
+    stem_stride: int = 1
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -89,13 +93,14 @@ class ResNetEncoder(nn.Module):
 
         Returns:
           With return_blocks, the list of per-stage feature maps [B, h_s, w_s, widths[s]]
-          (h_0 = H, h_s = ceil(h_{s-1} / 2)); otherwise only the last map.
+          (h_0 = ceil(H / stem_stride), h_s = ceil(h_{s-1} / 2)); otherwise only the last map.
         """
         if x.ndim != 4:
             raise ValueError(f'ResNetEncoder expects images [B, H, W, C]; got shape {x.shape}.')
         if not self.widths:
             raise ValueError('ResNetEncoder.widths is empty; give at least one stage width.')
-        h = nn.Conv(self.widths[0], (3, 3), dtype=self.dtype, name='stem')(x.astype(self.dtype))
+        h = nn.Conv(self.widths[0], (3, 3), strides=(self.stem_stride, self.stem_stride),
+                    dtype=self.dtype, name='stem')(x.astype(self.dtype))
         maps = []
         for s, width in enumerate(self.widths):
             for b in range(self.blocks_per_stage):
@@ -224,9 +229,12 @@ def mae_loss(params: Any, module: MAE, images: Array, key: Array, mask_ratio: fl
 
 
 def make_mae(channels: int, *, widths: Sequence[int] = (32, 64, 128), blocks_per_stage: int = 2,
-             decoder_width: int = 64, decoder_skips: bool = False) -> MAE:
+             decoder_width: int = 64, decoder_skips: bool = False, stem_stride: int = 1) -> MAE:
     """The MAE module `train_mae` trains (same arguments), for applying its params."""
-    encoder = ResNetEncoder(widths=tuple(widths), blocks_per_stage=blocks_per_stage)
+    if int(stem_stride) != stem_stride or stem_stride < 1:
+        raise ValueError(f'stem_stride must be a positive integer; got {stem_stride!r}.')
+    encoder = ResNetEncoder(widths=tuple(widths), blocks_per_stage=blocks_per_stage,
+                            stem_stride=int(stem_stride))
     return MAE(encoder=encoder, channels=channels, decoder_width=decoder_width,
                decoder_skips=decoder_skips)
 

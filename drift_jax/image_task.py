@@ -306,6 +306,9 @@ class MAETask:
         _check_common(config)
         if not 0 < config.mae.mask_ratio < 1:
             raise ValueError(f'mae.mask_ratio must be in (0, 1), got {config.mae.mask_ratio}.')
+        stride = config.mae.get('stem_stride', 1)
+        if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+            raise ValueError(f'mae.stem_stride must be a positive integer, got {stride!r}.')
 
     def __init__(self, config: ml_collections.ConfigDict):
         from drift_jax import encoders, train
@@ -314,7 +317,8 @@ class MAETask:
         self.image_shape = tuple(self.data.info.image_shape)
         self.model = encoders.make_mae(self.image_shape[-1], widths=tuple(config.mae.widths),
                                        blocks_per_stage=config.mae.blocks_per_stage,
-                                       decoder_width=config.mae.decoder_width)
+                                       decoder_width=config.mae.decoder_width,
+                                       stem_stride=config.mae.get('stem_stride', 1))
         self.mesh = train.make_mesh(config.mesh)
         self.tx = train.make_optimizer(config.optim, config.train.steps)
 

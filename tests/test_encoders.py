@@ -41,6 +41,19 @@ def test_encoder_block_shapes(shape, expected):
         'stage1_block0', 'stage1_block1']
 
 
+def test_stem_stride_halves_every_map_and_mae_reconstructs_full_size():
+    model = enc.ResNetEncoder(widths=(4, 8, 16), blocks_per_stage=1, stem_stride=2)
+    x = jnp.zeros((2, 28, 28, 1))
+    maps, _ = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x))
+    assert [m.shape for m in maps] == [(2, 14, 14, 4), (2, 7, 7, 8), (2, 4, 4, 16)]
+    mae = enc.make_mae(1, widths=(4, 8), blocks_per_stage=1, decoder_width=4, stem_stride=2)
+    assert mae.encoder.stem_stride == 2
+    out, _ = jax.eval_shape(lambda: mae.init_with_output(jax.random.key(0), x))
+    assert out.shape == (2, 28, 28, 1)
+    with pytest.raises(ValueError, match='stem_stride'):
+        enc.make_mae(1, stem_stride=0)
+
+
 def test_encoder_rejects_bad_rank():
     with pytest.raises(ValueError, match=r'\[B, H, W, C\]'):
         enc.ResNetEncoder(widths=(4,)).init(jax.random.key(0), jnp.zeros((8, 8, 1)))

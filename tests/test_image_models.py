@@ -1,4 +1,4 @@
-"""Tests for the class-conditional image generators (conv and DiT) and their factory.
+"""Tests for the class-conditional image generators (conv, DiT, MLP) and their factory.
 
 Tiny widths: shapes for digits/MNIST/CIFAR sizes, finiteness, dependence on label and alpha,
 finite gradients, parameter counts and configuration errors.
@@ -23,6 +23,8 @@ jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_lev
 def _config(name, **kw):
     if name == 'conv':
         base = dict(name='conv', noise_dim=8, base_channels=8, max_channel_mult=2, cond_dim=16)
+    elif name == 'mlp':
+        base = dict(name='mlp', noise_dim=8, hidden=16, depth=2, cond_dim=16)
     else:
         base = dict(name='dit', patch_size=4, hidden=16, depth=1, heads=2, num_style_tokens=2)
     base.update(kw)
@@ -59,7 +61,7 @@ def _real_init(model):
     return jit(model.init)(jax.random.key(1, impl='rbg'), noise, labels, alpha)
 
 
-@pytest.mark.parametrize('name', ['conv', 'dit'])
+@pytest.mark.parametrize('name', ['conv', 'dit', 'mlp'])
 @pytest.mark.parametrize('image_shape', IMAGE_SHAPES)
 def test_generator_shapes_and_conditioning(name, image_shape):
     if name == 'dit' and image_shape[0] == 28:
@@ -85,7 +87,7 @@ def test_generator_shapes_and_conditioning(name, image_shape):
         assert bool(jnp.all(diff > 1e-4)), diff
 
 
-@pytest.mark.parametrize('name', ['conv', 'dit'])
+@pytest.mark.parametrize('name', ['conv', 'dit', 'mlp'])
 def test_gradients_finite_and_nonzero(name):
     model = im.make_image_generator(_config(name), (8, 8, 1), NUM_CLASSES)
     noise, labels, alpha = _inputs(model)
@@ -146,6 +148,8 @@ def test_dit_patch_tokens_are_row_major_patches():
     ('dit', {'hidden': 10, 'heads': 4}, 'heads'),
     ('dit', {'num_style_tokens': -1}, 'num_style_tokens'),
     ('dit', {'depth': 0}, 'depth'),
+    ('mlp', {'hidden': 0}, 'hidden'),
+    ('mlp', {'depth': -1}, 'depth'),
 ])
 def test_bad_config_errors(name, kw, match):
     config = _config('conv' if name == 'gan' else name, **kw)
