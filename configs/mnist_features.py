@@ -20,7 +20,7 @@ def get_config():
     c.model.name = 'mlp'
     c.model.hidden = 1024
     c.model.depth = 3
-    c.train.steps = 1500
+    c.train.steps = 1300
     c.train.gen_per_class = 32
     c.train.pos_per_class = 64
     c.train.uncond_per_class = 32
@@ -28,6 +28,6 @@ def get_config():
     c.train.bank_capacity = 512
     c.guidance.alpha_max = 3.0
     c.eval.alpha = 2.0
-    c.eval.every = 500
+    c.eval.every = 650
     c.eval.num_samples = 2000
     return c

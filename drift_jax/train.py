@@ -400,6 +400,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     writers.check_writable(workdir)
+    changed = writers.config_changes(config, workdir)
+    if changed and is_main:
+        # Resuming with other settings is allowed (e.g. more steps) but never silent.
+        logging.warning('Config differs from the run saved in %s: %s', workdir, changed)
+        print(f'drift_jax: WARNING: config differs from the saved run in {workdir}: '
+              + '; '.join(changed), flush=True)
     if is_main:
         writers.save_config(config, workdir)
     total = int(config.train.steps)

@@ -35,6 +35,32 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     os.replace(tmp, path)
 
 
+def config_changes(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """Fields whose value differs from `<workdir>/config.json` ('a.b: old -> new'); [] if none.
+
+    Returns [] when there is no saved config (a new run).
+    """
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        old = json.load(f)
+    new = json.loads(config.to_json_best_effort(sort_keys=True))
+
+    def flat(d, prefix=''):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f'{prefix}{k}.'))
+            else:
+                out[f'{prefix}{k}'] = v
+        return out
+
+    a, b = flat(old), flat(new)
+    return [f'{k}: {a.get(k, "(unset)")!r} -> {b.get(k, "(unset)")!r}'
+            for k in sorted(set(a) | set(b)) if a.get(k, None) != b.get(k, None)]
+
+
 class MetricWriter:
     """Appends one JSON object per event to metrics.jsonl and mirrors scalars to TensorBoard.
 

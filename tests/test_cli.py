@@ -46,6 +46,9 @@ def test_main_resumes_with_more_steps(cli_workdir):
                *args])
     assert out.returncode == 0, out.stderr[-3000:]
     assert 'resumed from step 12' in out.stdout
+    # The changed setting is reported, old and new value (the first run used TINY's steps).
+    old_steps = next(a for a in TINY if 'train.steps' in a).split('=')[1]
+    assert f"train.steps: {old_steps} -> 18" in out.stdout
 
 
 def test_points_config_trains_on_a_users_file(tmp_path):
