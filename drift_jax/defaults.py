@@ -52,6 +52,8 @@ def toy_config() -> ml_collections.ConfigDict:
     c.train.batch_size = 1024     # generated samples per step
     c.train.num_pos = 1024        # data samples (positives) per step
     c.train.seed = 0
+    # EMA decay actually used at step t: min(ema_decay, (1 + t) / (10 + t)), so a value above
+    # ~0.995 only takes effect after ~2000 steps (0.999 after ~9000).
     c.train.ema_decay = 0.995
     c.train.log_every = 50
     c.train.checkpoint_every = 500
