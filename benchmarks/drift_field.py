@@ -28,12 +28,14 @@ from drift_jax import drift  # noqa: E402
 PAPER = (0.02, 0.05, 0.2)
 
 
-def naive(x, y_pos, y_neg, temps, self_mask=True):
+def naive(x, y_pos, y_neg, temps, self_mask=True, paper=True):
     """The straightforward dense formulation (kept verbatim as the baseline).
 
     cdist by expansion, then per temperature: exp of the masked logits through a row and
-    a column log_softmax, geometric mean in log space (no 1e-6 floor), the two matmuls,
-    RMS normalisation. Scale = mean distance over valid pairs; self pairs masked.
+    a column log_softmax, geometric mean in log space (no 1e-6 floor), the two matmuls.
+    paper=True: distances divided by their mean over valid pairs (self pairs masked) and
+    each temperature's field divided by its RMS; paper=False: the simple form (raw
+    distances, fields summed as they are).
     """
     n, m_neg = x.shape[0], y_neg.shape[0]
     targets = jnp.concatenate([y_neg, y_pos], 0)
@@ -42,9 +44,11 @@ def naive(x, y_pos, y_neg, temps, self_mask=True):
     dist = jnp.sqrt(jnp.maximum(sq, 1e-12))
     eye = jnp.arange(n)[:, None] == jnp.arange(targets.shape[0])[None]
     eye = eye & self_mask
-    scale = jnp.sum(jnp.where(eye, 0.0, dist)) / (dist.size - self_mask * min(n, m_neg))
-    dist = dist / scale
-    y_scaled = targets * (math.sqrt(x.shape[1]) / scale)
+    scale = 1.0
+    if paper:
+        scale = jnp.sum(jnp.where(eye, 0.0, dist)) / (dist.size - self_mask * min(n, m_neg))
+        dist = dist / scale
+    y_scaled = targets * (math.sqrt(x.shape[1]) / scale) if paper else targets
     v = 0.0
     for t in temps:
         logits = jnp.where(eye, -1e30, -dist / t)
@@ -53,13 +57,14 @@ def naive(x, y_pos, y_neg, temps, self_mask=True):
         a_neg, a_pos = a[:, :m_neg], a[:, m_neg:]
         v_t = (a_neg.sum(1, keepdims=True) * (a_pos @ y_scaled[m_neg:])
                - a_pos.sum(1, keepdims=True) * (a_neg @ y_scaled[:m_neg]))
-        v = v + v_t / jnp.sqrt(jnp.mean(v_t ** 2))
-    return v * (scale / math.sqrt(x.shape[1]))
+        v = v + (v_t / jnp.sqrt(jnp.mean(v_t ** 2)) if paper else v_t)
+    return v * (scale / math.sqrt(x.shape[1])) if paper else v
 
 
-def library(form, block_size, temps, self_mask=True):
-    """compute_drift_field with the dense or blocked form forced (paper options)."""
-    opts = drift.DriftOptions(temperatures=temps, self_mask=self_mask, block_size=block_size)
+def library(form, block_size, temps, self_mask=True, paper=True):
+    """compute_drift_field with the dense or blocked form forced (paper or simple options)."""
+    opts = drift.DriftOptions(temperatures=temps, self_mask=self_mask, block_size=block_size,
+                              scale_dist=paper, normalize_drift=paper)
 
     def field(x, y_pos, y_neg):
         _, v, coord_scale, _, _ = drift._field_scaled(x, y_pos, y_neg, None, None, opts,
@@ -108,16 +113,16 @@ def timed(fns, repeats):
             for k in fns}
 
 
-def run_case(n, m, d, temps, impls, block_size, repeats):
-    """Benchmarks every impl on one (n, m, d, temps) case; returns records."""
+def run_case(n, m, d, temps, impls, block_size, repeats, paper=True):
+    """Benchmarks every impl on one (n, m, d, temps, options) case; returns records."""
     x, y_pos, y_neg, self_mask = inputs(n, m, d)
     # The same N x D x M matmul, timed alongside; capped at 8192 x 8192 outputs.
     a = jax.random.normal(jax.random.key(1), (min(n, 8192), d))
     b = jax.random.normal(jax.random.key(2), (d, min(m, 8192)))
     fns = {'matmul': (jax.jit(lambda a, b: jnp.dot(a, b)).lower(a, b).compile(), (a, b))}
     for impl in impls:
-        fn = (lambda x, yp, yn: naive(x, yp, yn, temps, self_mask)) if impl == 'naive' \
-            else library(impl, block_size, temps, self_mask)
+        fn = (lambda x, yp, yn: naive(x, yp, yn, temps, self_mask, paper)) if impl == 'naive' \
+            else library(impl, block_size, temps, self_mask, paper)
         fns[impl] = (jax.jit(fn).lower(x, y_pos, y_neg).compile(), (x, y_pos, y_neg))
     times = timed(fns, repeats)
     mm_gflops = 2 * a.shape[0] * b.shape[1] * d / (times['matmul'][0] * 1e-3) / 1e9
@@ -128,7 +133,8 @@ def run_case(n, m, d, temps, impls, block_size, repeats):
         outputs[impl] = compiled(*args)
         flops = (2 + 2 * len(temps)) * n * m * d
         records.append(dict(
-            impl=impl, n=n, m=m, d=d, temps=list(temps), ms=ms, cpu_ms=cpu_ms,
+            impl=impl, options='paper' if paper else 'simple', n=n, m=m, d=d,
+            temps=list(temps), ms=ms, cpu_ms=cpu_ms,
             entries_per_s=n * m * len(temps) / (ms * 1e-3), gflops=flops / (ms * 1e-3) / 1e9,
             pct_matmul=100 * flops / (ms * 1e-3) / 1e9 / mm_gflops, matmul_gflops=mm_gflops,
             peak_mb=peak_mb(compiled), speedup_vs_naive=None, max_rel_diff=None))
@@ -148,14 +154,16 @@ def fmt(v, spec):
 
 
 def print_table(records):
-    head = (f"{'impl':8s} {'n':>6s} {'m':>6s} {'d':>4s} {'T':>2s} {'ms':>9s} {'cpu_ms':>9s} "
+    head = (f"{'impl':8s} {'options':7s} {'n':>6s} {'m':>6s} {'d':>4s} {'T':>2s} {'ms':>9s} "
+            f"{'cpu_ms':>9s} "
             f"{'Mentry/s':>9s} {'GFLOP/s':>8s} {'%mm':>6s} {'peak_MB':>8s} {'vs naive':>8s} "
             f"{'rel_diff':>9s}")
     print(head)  # %mm: % of the same-shape matmul's GFLOP/s; rel_diff: vs dense (or naive).
     print('-' * len(head))
     for r in records:
-        print(f"{r['impl']:8s} {r['n']:6d} {r['m']:6d} {r['d']:4d} {len(r['temps']):2d} "
-              f"{r['ms']:9.1f} {r['cpu_ms']:9.1f} {r['entries_per_s'] / 1e6:9.1f} "
+        print(f"{r['impl']:8s} {r['options']:7s} {r['n']:6d} {r['m']:6d} {r['d']:4d} "
+              f"{len(r['temps']):2d} {r['ms']:9.1f} {r['cpu_ms']:9.1f} "
+              f"{r['entries_per_s'] / 1e6:9.1f} "
               f"{r['gflops']:8.1f} {r['pct_matmul']:6.1f} {fmt(r['peak_mb'], '8.0f')} "
               f"{fmt(r['speedup_vs_naive'], '8.2f')} {fmt(r['max_rel_diff'], '9.1e')}",
               flush=True)
@@ -170,6 +178,10 @@ def main(argv=None):
     p.add_argument('--temps', nargs='+', default=['0.05', ','.join(map(str, PAPER))],
                    help='temperature sets, each comma-separated')
     p.add_argument('--impls', default='naive,dense,blocked', help='naive, dense, blocked')
+    p.add_argument('--options', default='paper,simple',
+                   help='paper: scale and RMS normalisation (every temperature set); simple: '
+                        'raw distances, no RMS normalisation (one-temperature sets only, the '
+                        "toy configs' form)")
     p.add_argument('--block_size', type=int, default=0, help='0: automatic')
     p.add_argument('--repeats', type=int, default=5, help='timed runs per case (>= 5)')
     p.add_argument('--big', action='store_true',
@@ -184,10 +196,14 @@ def main(argv=None):
           f' {jax.devices()[0].device_kind}); times: median of {args.repeats} runs; peak_MB:'
           ' XLA compiled memory analysis, temp + output', flush=True)
     records = []
+    option_sets = args.options.split(',')
     for d in (int(v) for v in args.dims.split(',')):
         for temps in temp_sets:
-            records += run_case(args.n, args.m, d, temps, impls, args.block_size or None,
-                                args.repeats)
+            for options in option_sets:
+                if options == 'simple' and len(temps) > 1:
+                    continue
+                records += run_case(args.n, args.m, d, temps, impls, args.block_size or None,
+                                    args.repeats, paper=options == 'paper')
     print_table(records)
     if args.big:
         big = run_case(65536, 65536, 64, PAPER, ['blocked'], args.block_size or None,

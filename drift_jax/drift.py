@@ -337,20 +337,32 @@ def _exp_family(delta: Array, unit: Array, kappas: Sequence[float]) -> list[Arra
     return [power(k) for k in ints]
 
 
+def _block_u(q: _Queries, t: _Targets, kernel: str) -> Array:
+    """The kernel's distance measure u [N, b] of a block, +inf on invalid pairs."""
+    return jnp.where(_pair_valid(q, t), _kernel_u(_pair_sq(q, t), kernel), jnp.inf)
+
+
 def _pass2_block(q: _Queries, t: _Targets, row_shift: Array, col_shift: Array, unit: Array,
                  opts: DriftOptions, axis_name=None):
     """Second-pass terms of a block of b targets.
 
     Args:
       q, t: the queries (N) and the block's targets (b).
-      row_shift, col_shift: exact row minima [N] and column minima [b] of u.
+      row_shift, col_shift: row minima [N] and column minima [b] of u (any finite shifts
+        give the same field; minima keep every exponent <= 0).
       unit: 1/s (Laplace) or 1/s^2 (Gaussian), so that k_t = unit * kappa_t.
       opts: the options; axis_name: the mesh axis over which queries are sharded.
 
     Returns:
       (row sums R [T, N] of this block, accumulators [T, N, D + 1] = G [y | 1]).
     """
-    u = jnp.where(_pair_valid(q, t), _kernel_u(_pair_sq(q, t), opts.kernel), jnp.inf)
+    return _block_terms(_block_u(q, t, opts.kernel), t, row_shift, col_shift, unit, opts,
+                        axis_name)
+
+
+def _block_terms(u: Array, t: _Targets, row_shift: Array, col_shift: Array, unit: Array,
+                 opts: DriftOptions, axis_name=None):
+    """`_pass2_block` from the block's u [N, b] (+inf on invalid pairs)."""
     kappas = _kappas(opts)
     hp = jax.lax.Precision.HIGHEST
     if opts.normalize == 'none':

@@ -1,7 +1,9 @@
 """Blocked (streaming) drifting field: never builds the full N x M matrices.
 
-Two scans over blocks of targets (pass 1: distance scale and exact row/column minima;
-pass 2: kernel sums and the field's matmuls), so memory is O(N * (block + T * D)).
+A scan over blocks of targets computes the kernel sums and the field's matmuls; each
+block holds every query, so its column statistics are exact. Row shifts come from a first
+scan (with the distance scale) or, without scale normalisation, are running minima
+(online softmax). Memory is O(N * (block + T * D)).
 """
 
 from __future__ import annotations
@@ -96,30 +98,76 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
         split(ys), split(ws), split(index) if mask_self else [None] * streams, strict=True)]
     is_pos = split(is_pos)
 
-    def pass1(carry, t):
-        row_min, sum_dw = carry
-        r, c, sdw = drift._pass1_block(q, t, opts.scale_dist)
-        return (jnp.minimum(row_min, r), sum_dw + sdw), c
-
-    init = (jnp.full((n,), jnp.inf, jnp.float32), jnp.zeros((), jnp.float32))
-    firsts = [jax.lax.scan(pass1, init, t) for t in targets]
-    row_min = functools.reduce(jnp.minimum, [f[0][0] for f in firsts])
-    sum_dw = sum(f[0][1] for f in firsts)
-    sum_w = drift._valid_weight_sum(q, w_pos, w_neg)
-    scale, coord_scale, unit, row_shift, col_shifts = drift._combine_pass1(
-        row_min, [f[1] for f in firsts], sum_dw, sum_w, d, opts, axis_name)
-
-    def pass2(carry, blk):
-        row_sums, acc = carry
-        t, c, pos = blk
-        r, a = drift._pass2_block(q, t, row_shift, c, unit, opts, axis_name)
-        return (row_sums + r, acc.at[pos].add(a)), None
-
     num_t = len(opts.temperatures)
-    init = (jnp.zeros((num_t, n), jnp.float32), jnp.zeros((2, num_t, n, d + 1), jnp.float32))
-    outs = [jax.lax.scan(pass2, init, blk)[0]
+    # Log-sum-exp shifts. With a first pass (needed for the distance scale): its exact row
+    # and column minima. Without scale normalisation and with one temperature the first
+    # pass is skipped: row shifts are running minima, and what was accumulated under an
+    # older (larger) shift is rescaled when a block lowers it (online softmax); a block
+    # holds every query, so its column minima are exact. (With several temperatures the
+    # per-block rescaling of [T, N, D + 1] accumulators costs more than a first pass.)
+    online = not opts.scale_dist and num_t == 1 and opts.normalize != 'none'
+    first_pass = opts.scale_dist or (opts.normalize != 'none' and not online)
+    if first_pass:
+        def pass1(carry, t):
+            row_min, sum_dw = carry
+            r, c, sdw = drift._pass1_block(q, t, opts.scale_dist)
+            return (jnp.minimum(row_min, r), sum_dw + sdw), c
+
+        init = (jnp.full((n,), jnp.inf, jnp.float32), jnp.zeros((), jnp.float32))
+        firsts = [jax.lax.scan(pass1, init, t) for t in targets]
+        row_min = functools.reduce(jnp.minimum, [f[0][0] for f in firsts])
+        sum_dw = sum(f[0][1] for f in firsts)
+        sum_w = drift._valid_weight_sum(q, w_pos, w_neg)
+        scale, coord_scale, unit, row_shift, col_shifts = drift._combine_pass1(
+            row_min, [f[1] for f in firsts], sum_dw, sum_w, d, opts, axis_name)
+    else:
+        zero = jnp.zeros((), jnp.float32)
+        scale, coord_scale, unit = drift._scales(zero, zero, d, opts)
+        row_shift = jnp.full((n,), jnp.inf if online else 0.0, jnp.float32)
+        col_shifts = [None] * streams
+    acc_rate = 0.5 if opts.normalize == 'both' else 1.0
+    rates = unit * jnp.asarray(drift._kappas(opts), jnp.float32)            # [T]
+
+    def rescale(shift, new_shift):
+        """Factors ([T, N] for the accumulators, [T, N] for the row sums) that move terms
+        from row shift `shift` to the lower `new_shift`."""
+        delta = jnp.where(jnp.isfinite(shift), shift - new_shift, 0.0)
+        return jnp.exp(-acc_rate * rates[:, None] * delta), jnp.exp(-rates[:, None] * delta)
+
+    def stream(carry, blk):
+        shift, row_sums, acc = carry
+        t, col_shift, pos = blk
+        u = drift._block_u(q, t, opts.kernel)
+        if online:
+            new_shift = jax.lax.stop_gradient(jnp.minimum(shift, jnp.min(u, axis=1)))
+            f_acc, f_row = rescale(shift, new_shift)
+            row_sums, acc = row_sums * f_row, acc * f_acc[None, :, :, None]
+            shift = new_shift
+        if col_shift is None:
+            col_shift = jax.lax.stop_gradient(jnp.min(u, axis=0))
+            if axis_name is not None:
+                col_shift = jax.lax.pmin(col_shift, axis_name)
+        r, a = drift._block_terms(u, t, _finite(shift), _finite(col_shift), unit, opts,
+                                  axis_name)
+        return (shift, row_sums + r, acc.at[pos].add(a)), None
+
+    init = (row_shift, jnp.zeros((num_t, n), jnp.float32),
+            jnp.zeros((2, num_t, n, d + 1), jnp.float32))
+    outs = [jax.lax.scan(stream, init, blk)[0]
             for blk in zip(targets, col_shifts, is_pos, strict=True)]
-    row_sums = sum(o[0] for o in outs)
-    acc = sum(o[1] for o in outs)
+    if online:
+        # Bring every stream to the common (lowest) row shift before adding.
+        shift = functools.reduce(jnp.minimum, [o[0] for o in outs])
+        factors = [rescale(o[0], shift) for o in outs]
+        outs = [(None, rows * f_row, acc * f_acc[None, :, :, None])
+                for (_, rows, acc), (f_acc, f_row) in zip(outs, factors, strict=True)]
+    row_sums = sum(o[1] for o in outs)
+    acc = sum(o[2] for o in outs)
     return drift._finish(row_sums, acc[0], acc[1], scale, coord_scale, n_total, opts,
                          axis_name)
+
+
+def _finite(shift: Array) -> Array:
+    """Shift with 0 where it is +inf (no valid pair yet: every term there is 0)."""
+    return jnp.where(jnp.isfinite(shift), shift, 0.0)
+

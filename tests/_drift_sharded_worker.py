@@ -81,6 +81,10 @@ def main() -> None:
     wn[:, n:] = 0.5 * (n - 1) / 6
     wn[1, n + 2] = 0.0
     check('groups-cfg-selfmask', xg, pg, ng, weights_neg=wn, opts=dict(self_mask=True))
+    # One temperature, raw distances, blocked: running row shifts, per-block column minima
+    # combined across devices.
+    check('online-blocked-groups-cfg', xg, pg, ng, weights_neg=wn,
+          opts=dict(self_mask=True, temperatures=(0.05,), scale_dist=False, block_size=4))
     xb = jnp.asarray(x).astype(jnp.bfloat16)
     yb = jnp.asarray(y).astype(jnp.bfloat16)
     check('bf16', xb, yb)

@@ -85,12 +85,31 @@ def _inputs(case: str):
         return x[:9], y[:7], None, None, None, dict(temperatures=PAPER, block_size=1)
     if case == 'no-power-plan-temps':
         return x, y, None, None, None, dict(temperatures=(0.03, 0.07, 0.11), block_size=8)
+    # One temperature without scale normalisation: the blocked form skips its first pass
+    # and rescales running row shifts (online softmax).
+    if case == 'online-block-1-selfmask':
+        # Block 1: every query's first block is empty or its own (masked) self pair.
+        return x[:9], y[:7], None, None, None, dict(temperatures=(0.05,), scale_dist=False,
+                                                    block_size=1)
+    if case == 'online-targets-weights':
+        w = _f32(rng.uniform(0.5, 2.0, size=29))
+        w[:6] = 0.0
+        return x, y, _f32(rng.normal(size=(25, 2)) - 1.0), w, None, dict(
+            temperatures=(0.1,), normalize='targets', scale_dist=False, block_size=5)
+    if case == 'online-groups-cfg-normalized':
+        xg = _f32(rng.normal(size=(2, 11, 5)) * np.array([0.2, 4.0])[:, None, None])
+        neg = np.concatenate([xg, _f32(rng.normal(size=(2, 5, 5)))], axis=1)
+        w_neg = np.ones((2, 16), np.float32)
+        w_neg[:, 11:] = 2.0
+        return xg, _f32(rng.normal(size=(2, 14, 5)) + 0.4), neg, None, w_neg, dict(
+            temperatures=(0.02,), scale_dist=False, self_mask=True, block_size=3)
     raise ValueError(case)
 
 
 CASES = ['default-odd-sizes', 'targets-gauss-d16-weights', 'none-laplace-d3', 'tau0.01-far',
          'tau0.01-far-normalized', 'groups-cfg-selfmask', 'block-larger-than-n-and-m',
-         'paper-temps-block-1', 'no-power-plan-temps']
+         'paper-temps-block-1', 'no-power-plan-temps', 'online-block-1-selfmask',
+         'online-targets-weights', 'online-groups-cfg-normalized']
 
 
 @pytest.mark.parametrize('case', CASES)
@@ -104,6 +123,22 @@ def test_blocked_equals_dense(case: str) -> None:
     assert _rel(blocked, dense) < TOL
     for key, value in dense_stats.items():
         np.testing.assert_allclose(blocked_stats[key], value, rtol=TOL)
+
+
+@pytest.mark.parametrize('paper', [True, False])
+def test_benchmark_naive_baseline_equals_library(paper: bool) -> None:
+    """The benchmark's naive baseline computes the same field as the library."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+    try:
+        import drift_field as bench
+    finally:
+        sys.path.pop(0)
+    x, y_pos, y_neg, self_mask = bench.inputs(48, 112, 6)
+    temps = PAPER if paper else (0.05,)
+    want = bench.naive(x, y_pos, y_neg, temps, self_mask, paper)
+    for form in ('dense', 'blocked'):
+        got = jax.jit(bench.library(form, 16, temps, self_mask, paper))(x, y_pos, y_neg)
+        assert _rel(got, want) < 1e-4, form
 
 
 def test_blocked_bf16_inputs_equal_dense() -> None:
@@ -208,8 +243,8 @@ def test_negative_block_size_raises() -> None:
 
 SHARDED_CASES = ['default-odd-n', 'mesh8-odd-n', 'explicit-mesh', 'fewer-queries-than-devices',
                  'blocked-per-device', 'tau0.01-raw', 'none-laplace',
-                 'targets-gauss-d16-weights', 'groups-cfg-selfmask', 'bf16', 'loss',
-                 'loss-grad']
+                 'targets-gauss-d16-weights', 'groups-cfg-selfmask', 'online-blocked-groups-cfg',
+                 'bf16', 'loss', 'loss-grad']
 
 
 @pytest.fixture(scope='module')
