@@ -282,10 +282,15 @@ def _valid_weight_sum(q: _Queries, w_pos: Array, w_neg: Array) -> Array:
     return total
 
 
+def _finite_shift(u_min: Array) -> Array:
+    """Log-sum-exp shift from a minimum of u: 0 where it is +inf (nothing valid, so every
+    term there is 0 anyway); held constant for differentiation."""
+    return jax.lax.stop_gradient(jnp.where(jnp.isfinite(u_min), u_min, 0.0))
+
+
 def _shift(sq_min: Array, kernel: str) -> Array:
     """Log-sum-exp shift in u units from a minimum of sq (0 where nothing is valid)."""
-    u = _kernel_u(sq_min, kernel)
-    return jax.lax.stop_gradient(jnp.where(jnp.isfinite(u), u, 0.0))
+    return _finite_shift(_kernel_u(sq_min, kernel))
 
 
 def _scales(sum_dw: Array, sum_w: Array, d: int, opts: DriftOptions):

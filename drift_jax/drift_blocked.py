@@ -106,8 +106,7 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
     # holds every query, so its column minima are exact. (With several temperatures the
     # per-block rescaling of [T, N, D + 1] accumulators costs more than a first pass.)
     online = not opts.scale_dist and num_t == 1 and opts.normalize != 'none'
-    first_pass = opts.scale_dist or (opts.normalize != 'none' and not online)
-    if first_pass:
+    if not online and (opts.scale_dist or opts.normalize != 'none'):
         def pass1(carry, t):
             row_min, sum_dw = carry
             r, c, sdw = drift._pass1_block(q, t, opts.scale_dist)
@@ -125,6 +124,8 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
         scale, coord_scale, unit = drift._scales(zero, zero, d, opts)
         row_shift = jnp.full((n,), jnp.inf if online else 0.0, jnp.float32)
         col_shifts = [None] * streams
+    # Terms accumulated under row shift r carry exp(-rate k (u - r)) with rate 1/2 (the
+    # geometric mean, 'both') or 1 ('targets'); the row sums carry exp(-k (u - r)).
     acc_rate = 0.5 if opts.normalize == 'both' else 1.0
     rates = unit * jnp.asarray(drift._kappas(opts), jnp.float32)            # [T]
 
@@ -139,16 +140,16 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
         t, col_shift, pos = blk
         u = drift._block_u(q, t, opts.kernel)
         if online:
-            new_shift = jax.lax.stop_gradient(jnp.minimum(shift, jnp.min(u, axis=1)))
+            new_shift = jnp.minimum(shift, jax.lax.stop_gradient(jnp.min(u, axis=1)))
             f_acc, f_row = rescale(shift, new_shift)
             row_sums, acc = row_sums * f_row, acc * f_acc[None, :, :, None]
             shift = new_shift
         if col_shift is None:
-            col_shift = jax.lax.stop_gradient(jnp.min(u, axis=0))
+            col_shift = jnp.min(u, axis=0)
             if axis_name is not None:
                 col_shift = jax.lax.pmin(col_shift, axis_name)
-        r, a = drift._block_terms(u, t, _finite(shift), _finite(col_shift), unit, opts,
-                                  axis_name)
+        r, a = drift._block_terms(u, t, drift._finite_shift(shift),
+                                  drift._finite_shift(col_shift), unit, opts, axis_name)
         return (shift, row_sums + r, acc.at[pos].add(a)), None
 
     init = (row_shift, jnp.zeros((num_t, n), jnp.float32),
@@ -165,9 +166,4 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
     acc = sum(o[2] for o in outs)
     return drift._finish(row_sums, acc[0], acc[1], scale, coord_scale, n_total, opts,
                          axis_name)
-
-
-def _finite(shift: Array) -> Array:
-    """Shift with 0 where it is +inf (no valid pair yet: every term there is 0)."""
-    return jnp.where(jnp.isfinite(shift), shift, 0.0)
 
