@@ -62,6 +62,8 @@ def toy_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 500
     c.eval.num_samples = 5000
+    # Generated / held-out draw pairs averaged into energy_distance (one draw scatters widely).
+    c.eval.draws = 8
     c.eval.plot_points = 2000     # points drawn in each sample plot
 
     # Device mesh: `data` shards the batch (-1 = all devices), `fsdp` shards parameters.
@@ -137,6 +139,7 @@ def image_config() -> ml_collections.ConfigDict:
     c.eval.grid_per_class = 10
     c.eval.classifier_steps = 600
     del c.eval['plot_points']
+    del c.eval['draws']
     return c
 
 

@@ -12,6 +12,8 @@ import pytest
 from drift_jax.metrics import (
     energy_distance,
     energy_report,
+    expected_energy_floor,
+    mean_pairwise_distance,
     mmd_rbf,
     sliced_wasserstein,
 )
@@ -204,3 +206,32 @@ def test_sliced_wasserstein_properties():
     y = x + 2.0
     assert sw(x, y) == pytest.approx(2.0, rel=0.1)
     assert sw(x, y) == pytest.approx(sw(y, x), rel=1e-5)
+
+
+def test_mean_pairwise_distance_matches_brute_force():
+    rng = np.random.default_rng(11)
+    x = _sample(rng, 150, 3)
+    d = _dists(x, x)
+    expected = d.sum() / (150 * 149)
+    assert mean_pairwise_distance(x) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_pairwise_distance(x[:1])
+
+
+def test_expected_energy_floor_is_the_mean_of_many_draws():
+    """delta (1/n + 1/m) against the average V-statistic over 300 independent pairs of a
+    two-mode mixture (the wrong 2 delta / n misses by more than 5 SE)."""
+    rng = np.random.default_rng(12)
+
+    def draw(k):
+        centres = np.array([[-3.0, 0.0], [3.0, 0.0]])[rng.integers(0, 2, k)]
+        return (centres + rng.normal(size=(k, 2))).astype(np.float32)
+
+    n, m = 40, 90
+    values = np.array([energy_distance(draw(n), draw(m), unbiased=False) for _ in range(300)])
+    expected = expected_energy_floor(draw(4000), n, m)
+    sem = values.std() / np.sqrt(len(values))
+    assert abs(values.mean() - expected) < 3 * sem, (values.mean(), expected, sem)
+    assert abs(values.mean() - 2 * expected * m / (n + m)) > 5 * sem
+    with pytest.raises(ValueError, match="positive"):
+        expected_energy_floor(draw(10), 0, 5)

@@ -129,6 +129,7 @@ def test_divergence_stops_loudly_and_keeps_last_good_checkpoint(tmp_path):
     ({'train.batch_size': -4}, r'batch_size.*positive'),
     ({'model.init': 'far'}, r"only defined for data.name='bimodal'"),
     ({'mesh.data': 3}, r'does not match the \d+ available devices'),
+    ({'eval.draws': 0}, r'eval.draws must be a positive int'),
 ])
 def test_bad_config_fails_before_anything_runs(tmp_path, overrides, message):
     workdir = str(tmp_path / 'never')
@@ -199,3 +200,21 @@ def test_failing_save_names_the_step_and_keeps_earlier_checkpoints(tmp_path, mon
     monkeypatch.undo()
     _, _, step = train.load_run(workdir)
     assert step == 10
+
+
+def test_toy_evaluator_scores_data_near_one_and_a_shift_far_above():
+    """Data draws as the 'generated' samples score ~1 (both sides averaged over draws, the
+    floor an expectation); the same draws shifted by 0.1 data std (~3 mode widths) do not."""
+    config = tiny_config(**{'data.name': 'twenty_five_gaussians', 'eval.num_samples': 1000})
+    task = train.make_task(config)
+    evaluator = train.ToyEvaluator(task, seed=0)
+    keys = jax.random.split(jax.random.PRNGKey(123), config.eval.draws)
+    data_draws = [np.asarray(task.dataset.sample(k, 1000, split='eval')) for k in keys]
+    good = evaluator.score(data_draws)
+    # The mean of 8 draws still scatters by ~20% (measured over 64 pairs of 5000-point draws).
+    assert 0.5 < good['energy_ratio'] < 1.5, good
+    assert good['energy_ratio'] == pytest.approx(good['energy_distance'] / good['energy_floor'])
+    shifted = evaluator.score([d + np.array([0.1, 0.0], np.float32) * d.std(0) for d in data_draws])
+    assert shifted['energy_ratio'] > 3 * good['energy_ratio'], shifted
+    with pytest.raises(ValueError, match='Expected 8 generated draws'):
+        evaluator.score(data_draws[:2])
