@@ -576,6 +576,9 @@ _DENSE_MATRICES_PER_TEMP = 3
 # hundred dimensions; for large D the dense form's single distance matmul wins.
 BLOCKED_MIN_ENTRIES = 2**20
 BLOCKED_MAX_DIM = 256
+# Kernel entries per chunk of groups on CPU (see group_chunk): [chunk, N, M] float32
+# matrices of ~1 MiB, measured fastest between 2**16 and 2**19 here.
+GROUP_CHUNK_ENTRIES = 2**18
 
 
 def dense_memory_bytes(groups: int, n: int, m: int, num_temps: int) -> int:
@@ -631,8 +634,26 @@ def _field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, form: str = '
         def one(xg, pg, ng, wp, wn):
             return _single_group_field(xg, pg, ng, wp, wn, opts, mask_self)
 
-    v, coord_scale, stats = jax.vmap(one)(x, y_pos, y_neg, w_pos, w_neg)
+    args = (x, y_pos, y_neg, w_pos, w_neg)
+    chunk = group_chunk(g, n, m)
+    if chunk < g:
+        v, coord_scale, stats = jax.lax.map(lambda a: one(*a), args, batch_size=chunk)
+    else:
+        v, coord_scale, stats = jax.vmap(one)(*args)
     return x, v, coord_scale, stats, grouped
+
+
+def group_chunk(groups: int, n: int, m: int, backend: str | None = None) -> int:
+    """Groups computed together (vectorised) by the field; fewer than `groups` means a loop.
+
+    On CPU, many small groups (the feature-space loss: one group per token position and
+    class, e.g. 1960 groups of 32 x 128) run ~1.8x faster in chunks whose [chunk, N, M]
+    matrices stay in cache (GROUP_CHUNK_ENTRIES entries) than all at once. Accelerators get
+    every group at once.
+    """
+    if (backend or jax.default_backend()) != 'cpu':
+        return groups
+    return max(1, min(groups, GROUP_CHUNK_ENTRIES // max(1, n * m)))
 
 
 def compute_drift_field(

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from drift_jax import drift
 from drift_jax.drift import (
     DriftOptions,
     compute_drift_field,
@@ -453,6 +454,32 @@ def test_grouped_equals_separate_groups() -> None:
     # Scale and RMS are per group: the groups' spreads differ 10x, and so do their fields.
     rms = np.sqrt(np.mean(v ** 2, axis=(1, 2)))
     assert rms[2] > 5 * rms[0]
+
+
+def test_groups_in_chunks_equal_all_groups_at_once(monkeypatch) -> None:
+    """On CPU many small groups run in chunks (lax.map); 5 groups in chunks of 2 (one left
+    over) give the vectorised result, field, loss and stats, with CFG-style weights."""
+    case = Case(N, M_POS, 16, m_neg=N + 4, groups=5, weights='both')
+    x, y_pos, y_neg, kwargs = _make_inputs(case, seed=21)
+    kwargs['weights_neg'] = np.stack([_weights(np.random.default_rng(k), N + 4, zero_at=k)
+                                      for k in range(5)])
+    m = M_POS + N + 4
+    assert drift.group_chunk(5, N, m, backend='gpu') == 5
+
+    def run():
+        v, stats = field(x, y_pos, y_neg, return_stats=True, **kwargs)
+        return np.asarray(v), stats, float(loss_fn(x, y_pos, y_neg, **kwargs)[0])
+
+    monkeypatch.setattr(drift, 'GROUP_CHUNK_ENTRIES', 10**9)
+    assert drift.group_chunk(5, N, m, backend='cpu') == 5
+    v_all, stats_all, loss_all = run()
+    monkeypatch.setattr(drift, 'GROUP_CHUNK_ENTRIES', 2 * N * m)
+    assert drift.group_chunk(5, N, m, backend='cpu') == 2
+    v_chunked, stats_chunked, loss_chunked = run()
+    np.testing.assert_allclose(v_chunked, v_all, rtol=1e-6, atol=1e-7 * np.abs(v_all).max())
+    assert loss_chunked == pytest.approx(loss_all, rel=1e-6)
+    for k in stats_all:
+        assert float(stats_chunked[k]) == pytest.approx(float(stats_all[k]), rel=1e-6), k
 
 
 # ----------------------------------------------------------------------------
