@@ -36,6 +36,39 @@ def _num_groups(channels: int, max_groups: int) -> int:
 # Encoder.
 
 
+class GroupNorm(nn.Module):
+    """Group normalisation of [B, H, W, C], the same function and parameters as
+    `flax.linen.GroupNorm` (its defaults: epsilon 1e-6, fast variance E[x^2] - E[x]^2).
+
+    Sums over H and W per channel first, then over the channels of each group: on XLA:CPU
+    this runs ~5x faster forward (~2x with the backward pass) than flax's single reduction
+    over [H, W, C / G] (measured on [640, 14, 14, 16], 8 groups: 14.5 -> 2.6 ms), and the
+    frozen encoder's norms are on every feature-space training step.
+    """
+
+    num_groups: int
+    epsilon: float = 1e-6
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b, h, w, c = x.shape
+        if c % self.num_groups:
+            raise ValueError(f'{c} channels do not split into {self.num_groups} groups.')
+        scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+        xf = x.astype(jnp.float32)
+        per = c // self.num_groups
+        count = h * w * per
+        mean = jnp.sum(xf, axis=(1, 2)).reshape(b, self.num_groups, per).sum(-1) / count
+        mean_sq = jnp.sum(jnp.square(xf), axis=(1, 2)).reshape(b, self.num_groups, per
+                                                               ).sum(-1) / count
+        inv = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + self.epsilon)
+        mean = jnp.repeat(mean, per, axis=1)[:, None, None, :]
+        mul = (jnp.repeat(inv, per, axis=1) * scale)[:, None, None, :]
+        return ((xf - mean) * mul + bias).astype(self.dtype)
+
+
 class ResidualBlock(nn.Module):
     """Pre-activation residual block: (GroupNorm, SiLU, conv3x3) x 2 plus a skip.
 
@@ -52,8 +85,8 @@ class ResidualBlock(nn.Module):
     def __call__(self, x: Array) -> Array:
         h = x
         for i in range(2):
-            h = nn.GroupNorm(num_groups=_num_groups(h.shape[-1], self.norm_groups),
-                             dtype=self.dtype, name=f'norm_{i}')(h)
+            h = GroupNorm(num_groups=_num_groups(h.shape[-1], self.norm_groups),
+                          dtype=self.dtype, name=f'norm_{i}')(h)
             stride = self.stride if i == 0 else 1
             h = nn.Conv(self.channels, (3, 3), strides=(stride, stride), dtype=self.dtype,
                         name=f'conv_{i}')(nn.silu(h))

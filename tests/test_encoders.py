@@ -226,3 +226,23 @@ def test_mae_patch_grid_count():
     # 28x28 with 4x4 patches: 49 patches, 0.75 masks round(36.75) = 37.
     mask = enc.random_patch_mask(jax.random.key(0), (2, 28, 28, 1), 0.75, 4)
     np.testing.assert_array_equal(np.asarray(mask).sum((1, 2, 3)), 37 * 16)
+
+
+@pytest.mark.parametrize('shape, groups', [((4, 6, 5, 16), 8), ((3, 7, 7, 12), 4),
+                                           ((2, 3, 3, 8), 1)])
+def test_group_norm_equals_flax_group_norm(shape, groups):
+    """Same parameters, same outputs and input gradients as flax.linen.GroupNorm."""
+    import flax.linen as nn
+    x = 3.0 + 2.0 * jax.random.normal(jax.random.PRNGKey(0), shape)
+    ours, ref = enc.GroupNorm(num_groups=groups), nn.GroupNorm(num_groups=groups)
+    params = ref.init(jax.random.PRNGKey(1), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == \
+        jax.tree.map(jnp.shape, params)
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
+                          params)
+    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+    g_ours = jax.grad(lambda v: jnp.sum(jnp.sin(ours.apply(params, v))))(x)
+    g_ref = jax.grad(lambda v: jnp.sum(jnp.sin(ref.apply(params, v))))(x)
+    np.testing.assert_allclose(g_ours, g_ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match='do not split'):
+        enc.GroupNorm(num_groups=5).init(jax.random.PRNGKey(0), x)
