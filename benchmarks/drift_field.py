@@ -6,6 +6,9 @@ memory from XLA's compiled memory analysis and the speedup over the naive baseli
 
     python benchmarks/drift_field.py                 # default sizes (< 10 min on 2 cores)
     python benchmarks/drift_field.py --big --json /tmp/drift_bench.json
+    # many small groups, as in the feature-space loss (one group per class and token):
+    python benchmarks/drift_field.py --groups 1960 --n 32 --m 128 --dims 16 \
+        --temps 0.02,0.05,0.2 --options paper --impls naive,dense_allgroups,dense
 """
 
 from __future__ import annotations
@@ -62,26 +65,40 @@ def naive(x, y_pos, y_neg, temps, self_mask=True, paper=True):
 
 
 def library(form, block_size, temps, self_mask=True, paper=True):
-    """compute_drift_field with the dense or blocked form forced (paper or simple options)."""
+    """compute_drift_field with the dense or blocked form forced (paper or simple options).
+
+    form 'dense_allgroups': the dense form with every group vectorised at once (no chunks
+    of groups, see drift.group_chunk), to show what the chunking buys.
+    """
     opts = drift.DriftOptions(temperatures=temps, self_mask=self_mask, block_size=block_size,
                               scale_dist=paper, normalize_drift=paper)
 
     def field(x, y_pos, y_neg):
-        _, v, coord_scale, _, _ = drift._field_scaled(x, y_pos, y_neg, None, None, opts,
-                                                     form=form)
-        return v[0] * coord_scale[0]
+        saved = drift.GROUP_CHUNK_ENTRIES
+        if form == 'dense_allgroups':
+            drift.GROUP_CHUNK_ENTRIES = 2**62   # read while tracing only
+        try:
+            _, v, coord_scale, _, _ = drift._field_scaled(
+                x, y_pos, y_neg, None, None, opts,
+                form='dense' if form == 'dense_allgroups' else form)
+        finally:
+            drift.GROUP_CHUNK_ENTRIES = saved
+        v = v * coord_scale[:, None, None]
+        return v if x.ndim == 3 else v[0]
     return field
 
 
-def inputs(n, m, d, seed=0):
+def inputs(n, m, d, seed=0, groups=1):
     """(x [n, d], y_pos, y_neg, self_mask): m - n positives and the queries as negatives
-    (self-masked, as in training) when m > n; else m / 2 random negatives and positives."""
+    (self-masked, as in training) when m > n; else m / 2 random negatives and positives.
+    With groups > 1 every array gets a leading [groups] axis."""
     k = jax.random.split(jax.random.key(seed), 3)
-    x = jax.random.normal(k[0], (n, d))
+    g = (groups,) if groups > 1 else ()
+    x = jax.random.normal(k[0], g + (n, d))
     if m > n:
-        return x, jax.random.normal(k[1], (m - n, d)) + 0.3, x, True
-    y_neg = jax.random.normal(k[2], (m // 2, d))
-    return x, jax.random.normal(k[1], (m - m // 2, d)) + 0.3, y_neg, False
+        return x, jax.random.normal(k[1], g + (m - n, d)) + 0.3, x, True
+    y_neg = jax.random.normal(k[2], g + (m // 2, d))
+    return x, jax.random.normal(k[1], g + (m - m // 2, d)) + 0.3, y_neg, False
 
 
 def peak_mb(compiled):
@@ -113,29 +130,39 @@ def timed(fns, repeats):
             for k in fns}
 
 
-def run_case(n, m, d, temps, impls, block_size, repeats, paper=True):
-    """Benchmarks every impl on one (n, m, d, temps, options) case; returns records."""
-    x, y_pos, y_neg, self_mask = inputs(n, m, d)
-    # The same N x D x M matmul, timed alongside; capped at 8192 x 8192 outputs.
-    a = jax.random.normal(jax.random.key(1), (min(n, 8192), d))
-    b = jax.random.normal(jax.random.key(2), (d, min(m, 8192)))
-    fns = {'matmul': (jax.jit(lambda a, b: jnp.dot(a, b)).lower(a, b).compile(), (a, b))}
+def run_case(n, m, d, temps, impls, block_size, repeats, paper=True, groups=1):
+    """Benchmarks every impl on one (n, m, d, temps, options) case; returns records.
+
+    groups > 1: that many independent [n] x [m] problems in one call (the naive baseline
+    vmapped over them), and the reference matmul is the same-shape batched product.
+    """
+    x, y_pos, y_neg, self_mask = inputs(n, m, d, groups=groups)
+    # The same N x D x M matmul (per group), timed alongside; capped at 8192 x 8192 outputs.
+    g = (groups,) if groups > 1 else ()
+    a = jax.random.normal(jax.random.key(1), g + (min(n, 8192), d))
+    b = jax.random.normal(jax.random.key(2), g + (d, min(m, 8192)))
+    fns = {'matmul': (jax.jit(jnp.matmul).lower(a, b).compile(), (a, b))}
     for impl in impls:
-        fn = (lambda x, yp, yn: naive(x, yp, yn, temps, self_mask, paper)) if impl == 'naive' \
-            else library(impl, block_size, temps, self_mask, paper)
+        if impl == 'naive':
+            def fn(x, yp, yn):
+                one = lambda x, yp, yn: naive(x, yp, yn, temps, self_mask, paper)  # noqa: E731
+                return jax.vmap(one)(x, yp, yn) if groups > 1 else one(x, yp, yn)
+        else:
+            fn = library(impl, block_size, temps, self_mask, paper)
         fns[impl] = (jax.jit(fn).lower(x, y_pos, y_neg).compile(), (x, y_pos, y_neg))
     times = timed(fns, repeats)
-    mm_gflops = 2 * a.shape[0] * b.shape[1] * d / (times['matmul'][0] * 1e-3) / 1e9
+    mm_gflops = groups * 2 * a.shape[-2] * b.shape[-1] * d / (times['matmul'][0] * 1e-3) / 1e9
     records, outputs = [], {}
     for impl in impls:
         compiled, args = fns[impl]
         ms, cpu_ms = times[impl]
         outputs[impl] = compiled(*args)
-        flops = (2 + 2 * len(temps)) * n * m * d
+        flops = (2 + 2 * len(temps)) * n * m * d * groups
         records.append(dict(
-            impl=impl, options='paper' if paper else 'simple', n=n, m=m, d=d,
+            impl=impl, options='paper' if paper else 'simple', groups=groups, n=n, m=m, d=d,
             temps=list(temps), ms=ms, cpu_ms=cpu_ms,
-            entries_per_s=n * m * len(temps) / (ms * 1e-3), gflops=flops / (ms * 1e-3) / 1e9,
+            entries_per_s=groups * n * m * len(temps) / (ms * 1e-3),
+            gflops=flops / (ms * 1e-3) / 1e9,
             pct_matmul=100 * flops / (ms * 1e-3) / 1e9 / mm_gflops, matmul_gflops=mm_gflops,
             peak_mb=peak_mb(compiled), speedup_vs_naive=None, max_rel_diff=None))
     ref = outputs.get('dense', outputs.get('naive'))
@@ -154,14 +181,16 @@ def fmt(v, spec):
 
 
 def print_table(records):
-    head = (f"{'impl':8s} {'options':7s} {'n':>6s} {'m':>6s} {'d':>4s} {'T':>2s} {'ms':>9s} "
+    head = (f"{'impl':15s} {'options':7s} {'G':>5s} {'n':>6s} {'m':>6s} {'d':>4s} {'T':>2s} "
+            f"{'ms':>9s} "
             f"{'cpu_ms':>9s} "
             f"{'Mentry/s':>9s} {'GFLOP/s':>8s} {'%mm':>6s} {'peak_MB':>8s} {'vs naive':>8s} "
             f"{'rel_diff':>9s}")
     print(head)  # %mm: % of the same-shape matmul's GFLOP/s; rel_diff: vs dense (or naive).
     print('-' * len(head))
     for r in records:
-        print(f"{r['impl']:8s} {r['options']:7s} {r['n']:6d} {r['m']:6d} {r['d']:4d} "
+        print(f"{r['impl']:15s} {r['options']:7s} {r.get('groups', 1):5d} {r['n']:6d} "
+              f"{r['m']:6d} {r['d']:4d} "
               f"{len(r['temps']):2d} {r['ms']:9.1f} {r['cpu_ms']:9.1f} "
               f"{r['entries_per_s'] / 1e6:9.1f} "
               f"{r['gflops']:8.1f} {r['pct_matmul']:6.1f} {fmt(r['peak_mb'], '8.0f')} "
@@ -177,7 +206,10 @@ def main(argv=None):
     p.add_argument('--dims', default='2,64,784', help='comma-separated dimensions')
     p.add_argument('--temps', nargs='+', default=['0.05', ','.join(map(str, PAPER))],
                    help='temperature sets, each comma-separated')
-    p.add_argument('--impls', default='naive,dense,blocked', help='naive, dense, blocked')
+    p.add_argument('--impls', default='naive,dense,blocked',
+                   help='naive, dense, blocked, dense_allgroups (dense, groups not chunked)')
+    p.add_argument('--groups', type=int, default=1,
+                   help='independent problems per call (the grouped [G, N, D] form)')
     p.add_argument('--options', default='paper,simple',
                    help='paper: scale and RMS normalisation (every temperature set); simple: '
                         'raw distances, no RMS normalisation (one-temperature sets only, the '
@@ -190,6 +222,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.repeats < 5:
         p.error('--repeats must be >= 5')
+    if args.groups < 1:
+        p.error('--groups must be >= 1')
     impls = args.impls.split(',')
     temp_sets = [tuple(float(t) for t in s.split(',')) for s in args.temps]
     print(f'jax {jax.__version__} on {jax.default_backend()} ({platform.processor() or "?"},'
@@ -203,7 +237,8 @@ def main(argv=None):
                 if options == 'simple' and len(temps) > 1:
                     continue
                 records += run_case(args.n, args.m, d, temps, impls, args.block_size or None,
-                                    args.repeats, paper=options == 'paper')
+                                    args.repeats, paper=options == 'paper',
+                                    groups=args.groups)
     print_table(records)
     if args.big:
         big = run_case(65536, 65536, 64, PAPER, ['blocked'], args.block_size or None,

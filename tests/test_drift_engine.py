@@ -141,6 +141,23 @@ def test_benchmark_naive_baseline_equals_library(paper: bool) -> None:
         assert _rel(got, want) < 1e-4, form
 
 
+def test_benchmark_grouped_case_agrees_across_impls(monkeypatch) -> None:
+    """--groups: the vmapped naive baseline, all groups at once, and groups in chunks (two
+    per chunk, one left over) give the same fields; records carry the group count."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+    try:
+        import drift_field as bench
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(drift, 'GROUP_CHUNK_ENTRIES', 2 * 12 * 40)
+    records = bench.run_case(12, 40, 5, PAPER, ['naive', 'dense_allgroups', 'dense'], None,
+                             5, groups=3)
+    assert [r['impl'] for r in records] == ['naive', 'dense_allgroups', 'dense']
+    for r in records:
+        assert r['groups'] == 3 and r['max_rel_diff'] < 1e-4, r
+    assert drift.GROUP_CHUNK_ENTRIES == 2 * 12 * 40
+
+
 def test_blocked_bf16_inputs_equal_dense() -> None:
     x, y_pos, _, _, _, _ = _inputs('default-odd-sizes')
     xb, yb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(y_pos, jnp.bfloat16)
