@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from drift_jax.encoders import GroupNorm
+
 IMAGE_MODEL_NAMES = ('conv', 'dit', 'mlp')
 
 
@@ -64,8 +66,8 @@ class FiLMResBlock(nn.Module):
     def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
         h = x
         for i in range(2):
-            h = nn.GroupNorm(num_groups=_num_groups(h.shape[-1]), dtype=self.dtype,
-                             name=f'norm_{i}')(h)
+            h = GroupNorm(num_groups=_num_groups(h.shape[-1]), dtype=self.dtype,
+                          name=f'norm_{i}')(h)
             film = nn.Dense(2 * h.shape[-1], dtype=self.dtype, name=f'film_{i}')(nn.silu(cond))
             scale, shift = jnp.split(film[:, None, None, :], 2, axis=-1)
             h = nn.silu(h * (1 + scale) + shift)
@@ -139,8 +141,8 @@ class ConvGenerator(nn.Module):
                 h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), 'nearest')
                 h = nn.Conv(self._channels(ups - level - 1), (3, 3), dtype=self.dtype,
                             name=f'up_{level}')(h)
-        h = nn.silu(nn.GroupNorm(num_groups=_num_groups(h.shape[-1]), dtype=self.dtype,
-                                 name='out_norm')(h))
+        h = nn.silu(GroupNorm(num_groups=_num_groups(h.shape[-1]), dtype=self.dtype,
+                              name='out_norm')(h))
         h = nn.Conv(int(self.image_shape[2]), (3, 3), dtype=self.dtype, name='out_conv')(h)
         h = h.astype(jnp.float32)
         return jnp.tanh(h) if self.tanh_output else h
