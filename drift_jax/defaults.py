@@ -124,6 +124,7 @@ def image_config() -> ml_collections.ConfigDict:
     c.encoder.name = 'none'       # 'none' (pixel space) | 'mae'
     c.encoder.workdir = ''        # workdir of a finished MAE run
     c.encoder.feature_sets = ('locations', 'global', 'patch2', 'patch4', 'raw', 'energy')
+    c.encoder.bank_features = True   # bank holds real images' features (encoded once, at push)
 
     c.train.classes_per_step = 10
     c.train.gen_per_class = 32

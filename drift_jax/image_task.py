@@ -88,6 +88,11 @@ class ImageTask:
         self.mesh = train.make_mesh(config.mesh)
         self.tx = train.make_optimizer(config.optim, config.train.steps)
         self.encoder = load_frozen_encoder(config, self.image_shape)
+        # With a frozen encoder the bank can hold the real images' features, computed once
+        # when an image is pushed, instead of encoding every drawn positive and negative at
+        # every step (same loss: the encoder never changes).
+        self.bank_features = self.encoder is not None and bool(
+            config.encoder.get('bank_features', False))   # runs saved before it: images
         self._generate = jax.jit(self.generate)   # one compile for every eval and sample call
 
     # -- state ---------------------------------------------------------------------------
@@ -98,9 +103,19 @@ class ImageTask:
         b = jnp.zeros((1,), jnp.int32)
         params = self.model.init(key, jnp.zeros((1, *self.noise_shape)), b,
                                  jnp.ones((1,), jnp.float32))
+        shape = self.image_shape
+        if self.bank_features:
+            probe = jax.ShapeDtypeStruct((1, *self.image_shape), jnp.float32)
+            shape = {k: v.shape[1:] for k, v in
+                     jax.eval_shape(self.encoder.features, probe).items()}
         bank = memory_bank.init_bank(self.num_classes, t.bank_capacity, t.bank_capacity,
-                                     self.image_shape)
+                                     shape)
         return params, bank
+
+    def bank_entry(self, images: jax.Array) -> Any:
+        """What the bank stores for real images [B, H, W, C]: the images themselves, or
+        (encoder.bank_features) their feature sets, dict name -> [B, T, D]."""
+        return self.encoder.features(images) if self.bank_features else images
 
     def host_batch(self, step: int) -> dict[str, np.ndarray]:
         """Real images pushed into the memory bank at `step` (seeded by step: resumable)."""
@@ -116,7 +131,7 @@ class ImageTask:
         idx = np.concatenate([rng.choice(ix, size=min(len(ix), t.bank_capacity), replace=False)
                               for ix in per_class])
         rng.shuffle(idx)
-        push = jax.jit(memory_bank.push)
+        push = jax.jit(lambda b, x, y: memory_bank.push(b, self.bank_entry(x), y))
         bank = state.extra
         for chunk in np.array_split(idx, max(1, len(idx) // 2048)):
             x, y = self.data.get('train', chunk)
@@ -132,7 +147,7 @@ class ImageTask:
 
     def loss(self, params, bank, key: jax.Array, batch) -> tuple[jax.Array, tuple]:
         t, g = self.config.train, self.config.guidance
-        bank = memory_bank.push(bank, batch['images'], batch['labels'])
+        bank = memory_bank.push(bank, self.bank_entry(batch['images']), batch['labels'])
         k_lab, k_alpha, k_noise, k_pos, k_unc = jax.random.split(key, 5)
         n_c, n_gen = t.classes_per_step, t.gen_per_class
         if n_c <= self.num_classes:
@@ -143,8 +158,9 @@ class ImageTask:
         x = self.generate(params, k_noise, jnp.repeat(labels, n_gen), jnp.repeat(alpha, n_gen))
         x = x.reshape(n_c, n_gen, *self.image_shape)
         y_pos = memory_bank.sample_pos(bank, k_pos, labels, t.pos_per_class)
-        y_unc = memory_bank.sample_uncond(bank, k_unc, n_c * t.uncond_per_class).reshape(
-            n_c, t.uncond_per_class, *self.image_shape)
+        y_unc = jax.tree_util.tree_map(
+            lambda a: a.reshape(n_c, t.uncond_per_class, *a.shape[1:]),
+            memory_bank.sample_uncond(bank, k_unc, n_c * t.uncond_per_class))
         w_unc = memory_bank.cfg_negative_weight(alpha, n_gen, t.uncond_per_class)   # [G]
         w_neg = jnp.concatenate([jnp.ones((n_c, n_gen)),
                                  jnp.broadcast_to(w_unc[:, None], (n_c, t.uncond_per_class))],
@@ -154,7 +170,11 @@ class ImageTask:
         return loss, (stats, bank)
 
     def drift_loss(self, x, y_pos, y_unc, w_neg):
-        """Loss of generated x [G, N, H, W, C] against positives and weighted negatives."""
+        """Loss of generated x [G, N, H, W, C] against positives and weighted negatives.
+
+        y_pos [G, N+, H, W, C] and y_unc [G, Nu, H, W, C] are real images, or (with
+        `bank_features`) their feature sets, dicts name -> [G, N+, T, D] and [G, Nu, T, D].
+        """
         from drift_jax import train
         opts = self.drift_options
         if self.encoder is None:
@@ -163,7 +183,7 @@ class ImageTask:
             y_neg = jnp.concatenate([jax.lax.stop_gradient(xf), flat(y_unc)], axis=1)
             return train.drift_loss_on_mesh(xf, flat(y_pos), y_neg, opts, self.mesh,
                                             weights_neg=w_neg)
-        return self.encoder.loss(x, y_pos, y_unc, w_neg, opts)
+        return self.encoder.loss(x, y_pos, y_unc, w_neg, opts, real_are_features=self.bank_features)
 
     # -- evaluation and sampling ----------------------------------------------------------
 
@@ -256,8 +276,17 @@ class FrozenEncoder:
         return encoders.extract_feature_sets(self.encoder, self.params, images,
                                              include=self.feature_sets)
 
-    def loss(self, x, y_pos, y_unc, w_neg, opts):
-        """Sum over feature sets of the drifting loss; x [G, N, H, W, C] etc."""
+    def loss(self, x, y_pos, y_unc, w_neg, opts, real_are_features: bool = False):
+        """Sum over feature sets of the drifting loss.
+
+        Args:
+          x: generated images [G, N, H, W, C] (differentiable).
+          y_pos, y_unc: real images [G, N+, H, W, C] and [G, Nu, H, W, C]; or, with
+            `real_are_features`, their feature sets already computed, dicts name ->
+            [G, N+, T, D] and [G, Nu, T, D].
+          w_neg: weights of the negatives [G, N + Nu] (generated first).
+          opts: drift options.
+        """
         from drift_jax import encoders
         g = x.shape[0]
         flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731
@@ -266,7 +295,8 @@ class FrozenEncoder:
             return {k: v.reshape(g, a.shape[1], *v.shape[1:])
                     for k, v in self.features(flat(a)).items()}
 
-        gen, pos, unc = grouped(x), grouped(y_pos), grouped(y_unc)
+        gen = grouped(x)
+        pos, unc = (y_pos, y_unc) if real_are_features else (grouped(y_pos), grouped(y_unc))
         neg = {k: jnp.concatenate([jax.lax.stop_gradient(gen[k]), unc[k]], axis=1) for k in gen}
         loss, stats = encoders.feature_drift_loss(gen, pos, neg, opts, weights_neg=w_neg)
         keep = {k: v for k, v in stats.items() if '/' not in k}   # per-set stats: too many

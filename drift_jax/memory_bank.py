@@ -2,13 +2,16 @@
 
 Per-class ring buffers plus one unconditional ring buffer, held as a pytree of plain arrays:
 pushing and sampling are pure, jittable functions, and the bank checkpoints like any state.
+A sample is one array (an image) or a dict of arrays (e.g. the feature sets of a frozen
+encoder, so real samples are encoded once, when they are pushed, not every time they are drawn).
 Also the guidance-scale sampler (power law on [1, alpha_max]) and the CFG negative weight.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.struct
 import jax
@@ -20,55 +23,76 @@ class MemoryBank:
     """Ring buffers of real samples; every field is an array (capacities are read from shapes).
 
     Attributes:
-      images: per-class buffers, [num_classes, capacity, *shape].
+      images: per-class buffers, [num_classes, capacity, *shape], or a dict name -> such an
+        array when a sample is a dict of arrays (all with the same leading axes).
       count: valid entries per class, int32 [num_classes]; saturates at `capacity`. Entries
         are written from slot 0 upward, so slots [0, count) are exactly the valid ones.
       ptr: next slot to write per class, int32 [num_classes], in [0, capacity).
-      uncond: buffer of samples of any class, [capacity_uncond, *shape].
+      uncond: buffer of samples of any class, [capacity_uncond, *shape] (or a dict, as
+        `images`).
       uncond_count: valid entries of `uncond`, int32 scalar, saturating at capacity_uncond.
       uncond_ptr: next slot of `uncond` to write, int32 scalar.
     """
 
-    images: jax.Array
+    images: Any
     count: jax.Array
     ptr: jax.Array
-    uncond: jax.Array
+    uncond: Any
     uncond_count: jax.Array
     uncond_ptr: jax.Array
 
     @property
     def num_classes(self) -> int:
-        return self.images.shape[0]
+        return self.count.shape[0]
 
     @property
     def capacity(self) -> int:
-        return self.images.shape[1]
+        return jax.tree_util.tree_leaves(self.images)[0].shape[1]
 
     @property
     def capacity_uncond(self) -> int:
-        return self.uncond.shape[0]
+        return jax.tree_util.tree_leaves(self.uncond)[0].shape[0]
 
     @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.uncond.shape[1:])
+    def sample_shape(self) -> Any:
+        """Shape of one sample: a tuple, or a dict name -> tuple for dict samples."""
+        return jax.tree_util.tree_map(lambda a: tuple(a.shape[1:]), self.uncond)
 
 
-def init_bank(num_classes: int, capacity: int, capacity_uncond: int, shape: Sequence[int],
+def _is_shape(shape: Any) -> bool:
+    return isinstance(shape, Sequence) and not isinstance(shape, str)
+
+
+def init_bank(num_classes: int, capacity: int, capacity_uncond: int,
+              shape: Sequence[int] | Mapping[str, Sequence[int]],
               dtype=jnp.float32) -> MemoryBank:
     """An empty bank holding samples of shape `shape` (e.g. (H, W, C)) stored as `dtype`.
 
+    `shape` may also be a dict name -> shape (e.g. {'raw': (1, 784), 'global': (1, 64)}):
+    each sample is then a dict of arrays of those shapes, and every buffer a dict too.
     `dtype` is float32 or bfloat16 (bfloat16 halves the memory; samples come back in it).
     """
     for name, value in (('num_classes', num_classes), ('capacity', capacity),
                         ('capacity_uncond', capacity_uncond)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f'{name} must be a positive integer, got {value!r}.')
-    shape = tuple(int(s) for s in shape)
+    if isinstance(shape, Mapping):
+        if not shape or not all(_is_shape(v) for v in shape.values()):
+            raise ValueError(f'shape must be a tuple of ints or a non-empty dict of such '
+                             f'tuples, got {shape!r}.')
+        shapes = {str(k): tuple(int(s) for s in v) for k, v in shape.items()}
+    elif _is_shape(shape):
+        shapes = tuple(int(s) for s in shape)
+    else:
+        raise ValueError(f'shape must be a tuple of ints or a dict of such tuples, got '
+                         f'{shape!r}.')
+    zeros = lambda lead: jax.tree_util.tree_map(  # noqa: E731
+        lambda s: jnp.zeros((*lead, *s), dtype), shapes, is_leaf=lambda s: isinstance(s, tuple))
     return MemoryBank(
-        images=jnp.zeros((num_classes, capacity, *shape), dtype),
+        images=zeros((num_classes, capacity)),
         count=jnp.zeros((num_classes,), jnp.int32),
         ptr=jnp.zeros((num_classes,), jnp.int32),
-        uncond=jnp.zeros((capacity_uncond, *shape), dtype),
+        uncond=zeros((capacity_uncond,)),
         uncond_count=jnp.zeros((), jnp.int32),
         uncond_ptr=jnp.zeros((), jnp.int32),
     )
@@ -86,17 +110,20 @@ def push(bank: MemoryBank, images: jax.Array, labels: jax.Array) -> MemoryBank:
 
     Args:
       bank: the current bank.
-      images: [B, *shape], any float dtype (cast to the bank's dtype).
+      images: [B, *shape], any float dtype (cast to the bank's dtype); a dict of such arrays
+        (same keys and per-sample shapes as the bank's) for a bank of dict samples.
       labels: int [B].
 
     Returns:
       The updated bank (same shapes and dtypes, so a jitted caller does not retrace).
     """
-    batch = images.shape[0]
-    if images.shape[1:] != bank.sample_shape:
-        raise ValueError(f'images have sample shape {images.shape[1:]}, the bank holds '
-                         f'{bank.sample_shape}.')
-    images = images.astype(bank.images.dtype)
+    got = jax.tree_util.tree_map(lambda a: tuple(a.shape[1:]), images)
+    if jax.tree_util.tree_structure(images) != jax.tree_util.tree_structure(bank.uncond) or (
+            got != bank.sample_shape):
+        raise ValueError(f'pushed samples have shape {got}, the bank holds {bank.sample_shape}.')
+    batch = labels.shape[0]
+    if any(a.shape[0] != batch for a in jax.tree_util.tree_leaves(images)):
+        raise ValueError(f'pushed samples and labels [{batch}] differ in batch size.')
     labels = labels.astype(jnp.int32)
     k, cap = bank.num_classes, bank.capacity
 
@@ -108,13 +135,16 @@ def push(bank: MemoryBank, images: jax.Array, labels: jax.Array) -> MemoryBank:
     keep_b = valid_b & (rank_b >= n_k[safe_labels] - cap)
     slot_b = (bank.ptr[safe_labels] + rank_b) % cap
     row_b = jnp.where(keep_b, safe_labels, k)  # Row k is out of bounds: dropped.
-    new_images = bank.images.at[row_b, slot_b].set(images, mode='drop')
+    new_images = jax.tree_util.tree_map(
+        lambda buf, x: buf.at[row_b, slot_b].set(x.astype(buf.dtype), mode='drop'),
+        bank.images, images)
 
     cap_u = bank.capacity_uncond
     idx_b = jnp.arange(batch)
     slot_u = (bank.uncond_ptr + idx_b) % cap_u
     slot_u = jnp.where(idx_b >= batch - cap_u, slot_u, cap_u)
-    new_uncond = bank.uncond.at[slot_u].set(images, mode='drop')
+    new_uncond = jax.tree_util.tree_map(
+        lambda buf, x: buf.at[slot_u].set(x.astype(buf.dtype), mode='drop'), bank.uncond, images)
 
     return MemoryBank(
         images=new_images,
@@ -126,7 +156,7 @@ def push(bank: MemoryBank, images: jax.Array, labels: jax.Array) -> MemoryBank:
     )
 
 
-def sample_pos(bank: MemoryBank, key: jax.Array, labels: jax.Array, n: int) -> jax.Array:
+def sample_pos(bank: MemoryBank, key: jax.Array, labels: jax.Array, n: int) -> Any:
     """n samples per label, uniform with replacement over that class's valid entries.
 
     Args:
@@ -136,25 +166,29 @@ def sample_pos(bank: MemoryBank, key: jax.Array, labels: jax.Array, n: int) -> j
       n: samples per label (static).
 
     Returns:
-      [G, n, *shape] in the bank's dtype; all zeros for a class with no entries yet (check
-      `ready` before training).
+      [G, n, *shape] in the bank's dtype (a dict of such for dict samples); all zeros for a
+      class with no entries yet (check `ready` before training).
     """
     labels = labels.astype(jnp.int32)
     count_g = bank.count[labels]
     idx_gn = jax.random.randint(key, (labels.shape[0], n), 0, jnp.maximum(count_g, 1)[:, None])
-    out = bank.images[labels[:, None], idx_gn]
-    has_any = (count_g > 0).reshape((-1,) + (1,) * (out.ndim - 1))
-    return jnp.where(has_any, out, jnp.zeros_like(out))
+
+    def take(buf):
+        out = buf[labels[:, None], idx_gn]
+        has_any = (count_g > 0).reshape((-1,) + (1,) * (out.ndim - 1))
+        return jnp.where(has_any, out, jnp.zeros_like(out))
+
+    return jax.tree_util.tree_map(take, bank.images)
 
 
-def sample_uncond(bank: MemoryBank, key: jax.Array, n: int) -> jax.Array:
-    """n samples uniform with replacement over the unconditional buffer: [n, *shape].
-
-    All zeros while the buffer is empty.
+def sample_uncond(bank: MemoryBank, key: jax.Array, n: int) -> Any:
+    """n samples uniform with replacement over the unconditional buffer: [n, *shape] (a dict
+    of such for dict samples). All zeros while the buffer is empty.
     """
     idx = jax.random.randint(key, (n,), 0, jnp.maximum(bank.uncond_count, 1))
-    out = bank.uncond[idx]
-    return jnp.where(bank.uncond_count > 0, out, jnp.zeros_like(out))
+    return jax.tree_util.tree_map(
+        lambda buf: jnp.where(bank.uncond_count > 0, buf[idx], jnp.zeros_like(buf[idx])),
+        bank.uncond)
 
 
 def ready(bank: MemoryBank, min_count: int, min_uncond: int | None = None) -> jax.Array:

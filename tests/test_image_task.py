@@ -121,8 +121,9 @@ def test_encoder_workdir_of_wrong_kind_is_rejected(data_dir, image_run):
         train.make_task(config)
 
 
-def test_mae_then_feature_space_generator(data_dir, tmp_path):
-    """The MAE front door trains an encoder; a generator config loads it frozen."""
+@pytest.fixture(scope='module')
+def mae_dir(data_dir, tmp_path_factory):
+    """A tiny MAE encoder trained through the front door (4 steps)."""
     mae = defaults.mae_config()
     mae.data.name, mae.data.data_dir = 'digits', data_dir
     mae.mae.widths = (8, 16)
@@ -130,10 +131,60 @@ def test_mae_then_feature_space_generator(data_dir, tmp_path):
     mae.train.steps, mae.train.batch_size = 4, 16
     mae.train.checkpoint_every = mae.eval.every = 4
     mae.eval.num_samples = 64
-    mae_dir = str(tmp_path / 'mae')
-    result = train.train_and_evaluate(mae, mae_dir)
+    workdir = str(tmp_path_factory.mktemp('mae') / 'mae')
+    result = train.train_and_evaluate(mae, workdir)
     assert np.isfinite(result['mae_test_loss'])
+    return workdir
+
+
+def test_mae_then_feature_space_generator(data_dir, mae_dir, tmp_path):
+    """The MAE front door trains an encoder; a generator config loads it frozen, and its bank
+    (feature sets of real images, encoded at push) is checkpointed."""
     config = tiny_image_config(data_dir, **{'encoder.name': 'mae', 'encoder.workdir': mae_dir,
-                                            'train.steps': 2, 'eval.every': 2})
+                                            'train.steps': 2, 'eval.every': 2,
+                                            'model.name': 'mlp', 'model.hidden': 32,
+                                            'model.depth': 1,   # 3 sets: a quicker compile
+                                            'encoder.feature_sets': ('locations', 'raw')})
     result = train.train_and_evaluate(config, str(tmp_path / 'gen'))
     assert np.isfinite(result['fd']) and result['step'] == 2
+    _, state, _ = train.load_run(str(tmp_path / 'gen'))
+    assert set(state.extra.images) == {'raw', 'block0/locations', 'block1/locations'}
+    assert state.extra.images['raw'].shape == (10, 8, 1, 64)
+
+
+def test_feature_bank_gives_the_loss_of_the_image_bank(data_dir, mae_dir):
+    """Holding encoded real samples in the bank changes nothing but the cost: the stored
+    features are the encoded stored images, and one step's loss and gradient agree."""
+    import copy
+
+    import jax
+    config = tiny_image_config(data_dir, **{
+        'encoder.name': 'mae', 'encoder.workdir': mae_dir, 'model.name': 'mlp',
+        'model.hidden': 32, 'model.depth': 1, 'encoder.feature_sets': ('locations', 'raw')})
+    feat_task = train.make_task(config)
+    img_task = copy.copy(feat_task)     # the same task with a bank of images
+    img_task.bank_features = False
+    state = train.create_train_state(feat_task, 0)
+    tasks = (feat_task, img_task)
+    states = [t.warm_start(state.replace(extra=t.init(jax.random.PRNGKey(0))[1]))
+              for t in tasks]
+    feat_state, img_state = states
+    assert feat_task.bank_features and isinstance(feat_state.extra.images, dict)
+    images = img_state.extra.images
+    encoded = jax.jit(img_task.encoder.features)(images.reshape(-1, *images.shape[2:]))
+    for name, value in encoded.items():
+        np.testing.assert_allclose(np.asarray(feat_state.extra.images[name]).reshape(
+            value.shape), value, rtol=1e-5, atol=1e-5, err_msg=name)
+    key, batch = jax.random.PRNGKey(3), img_task.host_batch(1)
+    outs = [jax.jit(jax.value_and_grad(task.loss, has_aux=True))(
+        state.params, state.extra, key, batch) for task, state in zip(tasks, states, strict=True)]
+    (loss_f, _), grad_f = outs[0]
+    (loss_i, _), grad_i = outs[1]
+    assert float(loss_f) > 0
+    np.testing.assert_allclose(loss_f, loss_i, rtol=1e-5)
+    # As one vector: some leaves (biases ahead of a normalisation) have a zero gradient up
+    # to float noise, so leaf-wise relative checks would compare noise.
+    flat_f, flat_i = (np.concatenate([np.ravel(a) for a in jax.tree.leaves(g)])
+                      for g in (grad_f, grad_i))
+    assert np.linalg.norm(flat_i) > 0
+    assert np.linalg.norm(flat_f - flat_i) <= 1e-4 * np.linalg.norm(flat_i)

@@ -175,3 +175,33 @@ def test_cfg_negative_weight():
     assert mb.cfg_negative_weight(1.0, 8, 4) == 0.0
     with pytest.raises(ValueError, match='n_uncond'):
         mb.cfg_negative_weight(2.0, 8, 0)
+
+
+def test_dict_samples_follow_the_same_slots_as_array_samples():
+    """A bank of dict samples (e.g. cached encoder features) stores and draws each entry of a
+    sample together: every key matches the array bank pushed and sampled with the same keys."""
+    rng = np.random.default_rng(3)
+    shapes = {'a': SHAPE, 'b': (4,)}
+    tree_bank = mb.init_bank(3, 4, 6, shapes)
+    array_bank = mb.init_bank(3, 4, 6, SHAPE)
+    assert tree_bank.sample_shape == {'a': SHAPE, 'b': (4,)}
+    assert (tree_bank.num_classes, tree_bank.capacity, tree_bank.capacity_uncond) == (3, 4, 6)
+    for _ in range(3):
+        images, labels = _batch(rng, 7, 3)
+        tree = {'a': images, 'b': images.reshape(7, -1)[:, :4] * 2.0}
+        tree_bank = push(tree_bank, tree, jnp.asarray(labels))
+        array_bank = push(array_bank, jnp.asarray(images), jnp.asarray(labels))
+    key, labels = jax.random.key(5), jnp.array([0, 2, 1], jnp.int32)
+    pos, pos_ref = sample_pos(tree_bank, key, labels, 9), sample_pos(array_bank, key, labels, 9)
+    np.testing.assert_array_equal(pos['a'], pos_ref)
+    np.testing.assert_array_equal(pos['b'], np.asarray(pos_ref).reshape(3, 9, -1)[..., :4] * 2)
+    unc, unc_ref = sample_uncond(tree_bank, key, 5), sample_uncond(array_bank, key, 5)
+    np.testing.assert_array_equal(unc['a'], unc_ref)
+    np.testing.assert_array_equal(unc['b'], np.asarray(unc_ref).reshape(5, -1)[:, :4] * 2)
+    with pytest.raises(ValueError, match='bank holds'):
+        mb.push(tree_bank, {'a': jnp.zeros((2, *SHAPE))}, jnp.zeros(2, jnp.int32))
+    with pytest.raises(ValueError, match='bank holds'):
+        mb.push(tree_bank, {'a': jnp.zeros((2, 3, 3)), 'b': jnp.zeros((2, 4))},
+                jnp.zeros(2, jnp.int32))
+    with pytest.raises(ValueError, match='shape must be'):
+        mb.init_bank(3, 4, 6, {'a': 5})
