@@ -1,0 +1,33 @@
+"""Session-wide test setup: one persistent XLA compilation cache for the whole run.
+
+Many tests compile the same programs again: every `train_and_evaluate` call builds a fresh
+jitted train step, and the CLI, sharded and multi-process tests start new Python processes
+that compile the spiral step from scratch. A compilation cache shared by the session (and
+inherited by those subprocesses through the environment) compiles each program once. The
+cache lives in a fresh temporary folder, so every run starts cold and CI measures the same
+thing as a clean checkout; it is removed at the end. Set DRIFT_JAX_TEST_COMPILATION_CACHE=0
+to run without it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+_CACHE_DIR = None
+if os.environ.get('DRIFT_JAX_TEST_COMPILATION_CACHE', '1') != '0':
+    _CACHE_DIR = tempfile.mkdtemp(prefix='drift_jax_test_xla_cache_')
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE_DIR
+    # Only programs that take a while to compile are worth a disk entry.
+    os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.3'
+
+    import jax  # noqa: E402  (after the environment, so subprocesses and this one agree)
+
+    jax.config.update('jax_compilation_cache_dir', _CACHE_DIR)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.3)
+
+
+def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
+    if _CACHE_DIR is not None:
+        shutil.rmtree(_CACHE_DIR, ignore_errors=True)
