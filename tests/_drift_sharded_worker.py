@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 
+# XLA's lowest backend optimisation level roughly halves the compile time of the ~26
+# programs here (43 -> 25 s); both sides of every comparison are compiled the same way.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
-                           + ' --xla_force_host_platform_device_count=8').strip()
+                           + ' --xla_force_host_platform_device_count=8'
+                           + ' --xla_backend_optimization_level=0').strip()
 
 import json  # noqa: E402
 import sys  # noqa: E402
