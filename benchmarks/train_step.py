@@ -1,9 +1,13 @@
-"""Steps per second of the spiral train step at several batch sizes.
+"""Steps per second of the spiral train step at several batch sizes, or of any config's step.
 
     python benchmarks/train_step.py --batch_sizes=1024,2048,4096 --json=train_step.json
+    python benchmarks/train_step.py --config=configs/mnist_features.py --steps=5 --repeats=3 \
+        --set=encoder.bank_features=false
 
 Each figure is the median over `--repeats` timed windows of `--steps` steps after a warm-up
-(compile excluded), all measured in this one run.
+(compile excluded), all measured in this one run. With `--config` the config's own batch is
+used (`--batch_sizes` is ignored), the memory bank is filled first as in training, and the
+host batches of every step are drawn inside the timed window, as the train loop does.
 """
 
 from __future__ import annotations
@@ -23,6 +27,19 @@ _STEPS = flags.DEFINE_integer('steps', 20, 'Steps per timed window.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed windows per batch size.')
 _JSON = flags.DEFINE_string('json', None, 'Write the records to this JSON file.')
 _SET = flags.DEFINE_multi_string('set', [], 'Config overrides section.name=json_value.')
+_CONFIG = flags.DEFINE_string('config', None, 'A config file (e.g. configs/mnist_features.py) '
+                              'whose train step is timed instead of the spiral at '
+                              '--batch_sizes.')
+
+
+def _load_config(path: str):
+    import importlib.util
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'--config={path!r} does not exist.')
+    spec = importlib.util.spec_from_file_location('bench_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def main(argv):
@@ -32,35 +49,44 @@ def main(argv):
 
     from drift_jax import defaults, train
     records = []
-    for b in map(int, _BATCHES.value):
-        config = defaults.toy_config()
-        config.train.batch_size = b
-        config.train.num_pos = b
+    for b in ([None] if _CONFIG.value else map(int, _BATCHES.value)):
+        if _CONFIG.value:
+            config = _load_config(_CONFIG.value)
+        else:
+            config = defaults.toy_config()
+            config.train.batch_size = b
+            config.train.num_pos = b
         for item in _SET.value:
             key, value = item.split('=', 1)
             section, field = key.split('.')
             config[section][field] = json.loads(value)
         setup = train.make_task(config)
         state = train.create_train_state(setup, 0)
+        if hasattr(setup, 'warm_start'):
+            state = setup.warm_start(state)
         step = train.make_train_step(setup)
+        host = getattr(setup, 'host_batch', lambda i: None)
         t0 = time.perf_counter()
-        state, m = step(state, None)
+        state, m = step(state, host(1))
         jax.block_until_ready(m)
         compile_s = time.perf_counter() - t0
-        times = []
+        times, i = [], 1
         for _ in range(_REPEATS.value):
             t0 = time.perf_counter()
             for _ in range(_STEPS.value):
-                state, m = step(state, None)
+                i += 1
+                state, m = step(state, host(i))
             jax.block_until_ready(m)
             times.append((time.perf_counter() - t0) / _STEPS.value)
         ms = 1e3 * statistics.median(times)
-        rec = {'batch_size': b, 'num_pos': b, 'ms_per_step': round(ms, 2),
-               'steps_per_s': round(1e3 / ms, 2), 'compile_s': round(compile_s, 2),
-               'devices': jax.device_count()}
+        rec = {'config': _CONFIG.value or 'spiral', 'overrides': list(_SET.value),
+               'batch_size': config.train.batch_size, 'num_pos': config.train.get('num_pos'),
+               'ms_per_step': round(ms, 2), 'steps_per_s': round(1e3 / ms, 2),
+               'compile_s': round(compile_s, 2), 'devices': jax.device_count()}
         records.append(rec)
         print(json.dumps(rec), flush=True)
-    print('\n| batch (gen = pos) | ms / step | steps / s | compile s |')
+    print(f"\n{records[0]['config']} {' '.join(_SET.value)}")
+    print('| batch (generated) | ms / step | steps / s | compile s |')
     print('|---|---|---|---|')
     for r in records:
         print(f"| {r['batch_size']} | {r['ms_per_step']} | {r['steps_per_s']} | "

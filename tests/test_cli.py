@@ -107,3 +107,23 @@ def test_sample_cli_on_missing_workdir(tmp_path):
                f'--out={tmp_path}/s.npy'], timeout=120)
     assert out.returncode != 0
     assert 'is not a drift_jax workdir' in out.stderr or 'does not exist' in out.stderr
+
+
+def test_train_step_benchmark_times_a_config_file(tmp_path):
+    """benchmarks/train_step.py --config times that config's own step and writes records."""
+    path = str(tmp_path / 'step.json')
+    out = subprocess.run(
+        [sys.executable, 'benchmarks/train_step.py', '--config=configs/spiral.py',
+         '--set=train.batch_size=64', '--set=train.num_pos=64', '--set=model.width=32',
+         '--steps=2', '--repeats=2', f'--json={path}'],
+        cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+    with open(path) as f:
+        (rec,) = json.load(f)
+    assert rec['config'] == 'configs/spiral.py' and rec['batch_size'] == 64
+    assert rec['overrides'] == ['train.batch_size=64', 'train.num_pos=64', 'model.width=32']
+    assert rec['ms_per_step'] > 0 and abs(rec['steps_per_s'] * rec['ms_per_step'] - 1e3) < 20
+    bad = subprocess.run([sys.executable, 'benchmarks/train_step.py', '--config=nope.py'],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "'nope.py' does not exist" in bad.stderr
