@@ -203,5 +203,8 @@ def test_dict_samples_follow_the_same_slots_as_array_samples():
     with pytest.raises(ValueError, match='bank holds'):
         mb.push(tree_bank, {'a': jnp.zeros((2, 3, 3)), 'b': jnp.zeros((2, 4))},
                 jnp.zeros(2, jnp.int32))
+    with pytest.raises(ValueError, match=r'labels \[3\] differ in batch size'):
+        mb.push(tree_bank, {'a': jnp.zeros((2, *SHAPE)), 'b': jnp.zeros((2, 4))},
+                jnp.zeros(3, jnp.int32))
     with pytest.raises(ValueError, match='shape must be'):
         mb.init_bank(3, 4, 6, {'a': 5})
