@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from drift_jax import drift
+from drift_jax import drift_engine as engine
 
 Array = jax.Array
 
@@ -61,7 +62,7 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
                        block_size: int | None = None):
     """Field for one group in scaled coordinates, streaming over blocks of targets.
 
-    Same arguments and result as `drift._single_group_field`: x_nd [N, D], y_pos [M+, D],
+    Same arguments and result as `engine._single_group_field`: x_nd [N, D], y_pos [M+, D],
     y_neg [M-, D], w_pos [M+], w_neg [M-]; returns (v [N, D], coord_scale [], stats).
     block_size (default `opts.block_size`, else automatic) is the number of targets per
     block; sets that are not a multiple of it are padded with zero-weight targets, which
@@ -72,8 +73,8 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
     n_total = n if n_total is None else n_total
     b = block_size or opts.block_size or auto_block_size(n, len(opts.temperatures))
     b = max(1, min(b, max(y_neg.shape[0], y_pos.shape[0])))
-    center = drift._target_center(y_pos, y_neg)
-    q = drift._make_queries(x_nd, q_valid, q_offset + jnp.arange(n) if mask_self else None)
+    center = engine._target_center(y_pos, y_neg)
+    q = engine._make_queries(x_nd, q_valid, q_offset + jnp.arange(n) if mask_self else None)
 
     # Both sets in one list of blocks; `is_pos` says which accumulator a block feeds.
     # Positives get index -1 so that they never match a query in the self-mask.
@@ -94,7 +95,7 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
         a = jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1))
         return [a[s * nb:(s + 1) * nb] for s in range(streams)]
 
-    targets = [drift._make_targets(y_s, w_s, i_s, center) for y_s, w_s, i_s in zip(
+    targets = [engine._make_targets(y_s, w_s, i_s, center) for y_s, w_s, i_s in zip(
         split(ys), split(ws), split(index) if mask_self else [None] * streams, strict=True)]
     is_pos = split(is_pos)
 
@@ -109,25 +110,25 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
     if not online and (opts.scale_dist or opts.normalize != 'none'):
         def pass1(carry, t):
             row_min, sum_dw = carry
-            r, c, sdw = drift._pass1_block(q, t, opts.scale_dist)
+            r, c, sdw = engine._pass1_block(q, t, opts.scale_dist)
             return (jnp.minimum(row_min, r), sum_dw + sdw), c
 
         init = (jnp.full((n,), jnp.inf, jnp.float32), jnp.zeros((), jnp.float32))
         firsts = [jax.lax.scan(pass1, init, t) for t in targets]
         row_min = functools.reduce(jnp.minimum, [f[0][0] for f in firsts])
         sum_dw = sum(f[0][1] for f in firsts)
-        sum_w = drift._valid_weight_sum(q, w_pos, w_neg)
-        scale, coord_scale, unit, row_shift, col_shifts = drift._combine_pass1(
+        sum_w = engine._valid_weight_sum(q, w_pos, w_neg)
+        scale, coord_scale, unit, row_shift, col_shifts = engine._combine_pass1(
             row_min, [f[1] for f in firsts], sum_dw, sum_w, d, opts, axis_name)
     else:
         zero = jnp.zeros((), jnp.float32)
-        scale, coord_scale, unit = drift._scales(zero, zero, d, opts)
+        scale, coord_scale, unit = engine._scales(zero, zero, d, opts)
         row_shift = jnp.full((n,), jnp.inf if online else 0.0, jnp.float32)
         col_shifts = [None] * streams
     # Terms accumulated under row shift r carry exp(-rate k (u - r)) with rate 1/2 (the
     # geometric mean, 'both') or 1 ('targets'); the row sums carry exp(-k (u - r)).
     acc_rate = 0.5 if opts.normalize == 'both' else 1.0
-    rates = unit * jnp.asarray(drift._kappas(opts), jnp.float32)            # [T]
+    rates = unit * jnp.asarray(engine._kappas(opts), jnp.float32)            # [T]
 
     def rescale(shift, new_shift):
         """Factors ([T, N] for the accumulators, [T, N] for the row sums) that move terms
@@ -138,7 +139,7 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
     def stream(carry, blk):
         shift, row_sums, acc = carry
         t, col_shift, pos = blk
-        u = drift._block_u(q, t, opts.kernel)
+        u = engine._block_u(q, t, opts.kernel)
         if online:
             new_shift = jnp.minimum(shift, jax.lax.stop_gradient(jnp.min(u, axis=1)))
             f_acc, f_row = rescale(shift, new_shift)
@@ -148,8 +149,8 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
             col_shift = jnp.min(u, axis=0)
             if axis_name is not None:
                 col_shift = jax.lax.pmin(col_shift, axis_name)
-        r, a = drift._block_terms(u, t, drift._finite_shift(shift),
-                                  drift._finite_shift(col_shift), unit, opts, axis_name)
+        r, a = engine._block_terms(u, t, engine._finite_shift(shift),
+                                  engine._finite_shift(col_shift), unit, opts, axis_name)
         return (shift, row_sums + r, acc.at[pos].add(a)), None
 
     init = (row_shift, jnp.zeros((num_t, n), jnp.float32),
@@ -164,6 +165,6 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
                 for (_, rows, acc), (f_acc, f_row) in zip(outs, factors, strict=True)]
     row_sums = sum(o[1] for o in outs)
     acc = sum(o[2] for o in outs)
-    return drift._finish(row_sums, acc[0], acc[1], scale, coord_scale, n_total, opts,
+    return engine._finish(row_sums, acc[0], acc[1], scale, coord_scale, n_total, opts,
                          axis_name)
 

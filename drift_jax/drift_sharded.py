@@ -13,6 +13,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from drift_jax import drift
+from drift_jax import drift_engine as engine
 
 Array = jax.Array
 
@@ -59,7 +60,7 @@ def _sharded_field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, mesh,
                 from drift_jax import drift_blocked
                 return drift_blocked.single_group_field(xg, pg, ng, wpg, wng, opts, mask_self,
                                                         block_size=block, **kw)
-            return drift._single_group_field(xg, pg, ng, wpg, wng, opts, mask_self, **kw)
+            return engine._single_group_field(xg, pg, ng, wpg, wng, opts, mask_self, **kw)
 
         return jax.vmap(one)(x_l, pos_a, neg_a, wp_a, wn_a)
 
