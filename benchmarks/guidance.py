@@ -30,6 +30,7 @@ from absl import app, flags, logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench_configs import load_config  # noqa: E402  (beside this script)
 
 _STEPS = flags.DEFINE_integer('steps', 1500, 'Training steps of a new run.')
 _ALPHAS = flags.DEFINE_list('alphas', ['1', '1.5', '2', '3', '4'], 'Guidance scales to sample.')
@@ -45,15 +46,6 @@ _TOLERANCE = flags.DEFINE_float('tolerance', 0.0, 'Slack allowed by the monotoni
 _JSON = flags.DEFINE_string('json', None, 'Write the records and the checks to this JSON file.')
 _PLOT = flags.DEFINE_string('plot', os.path.join('docs', 'guidance.png'),
                             'Write the two-panel plot to this PNG ("" to skip).')
-
-
-def load_config(name: str):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs',
-                                                                     f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def run_config(workdir: str):

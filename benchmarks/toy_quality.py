@@ -19,6 +19,7 @@ from absl import app, flags, logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench_configs import apply_overrides, load_config  # noqa: E402  (beside this script)
 
 ALL = ('spiral', 'checkerboard', 'swiss_roll', 'moons', 'eight_gaussians',
        'twenty_five_gaussians', 'rings', 'bimodal:middle', 'bimodal:far', 'bimodal:collapsed')
@@ -29,23 +30,6 @@ _CONFIGS = flags.DEFINE_list('configs', list(ALL), 'Config names (file[:arg]) to
 _JSON = flags.DEFINE_string('json', None, 'Write the records to this JSON file.')
 _OVERRIDES = flags.DEFINE_multi_string('set', [], 'Overrides as section.name=value.')
 _POINTS = flags.DEFINE_string('points', None, 'Also train configs/points.py on this file.')
-
-
-def load_config(name: str):
-    import importlib.util
-    file, _, arg = name.partition(':')
-    spec = importlib.util.spec_from_file_location(file, os.path.join(ROOT, 'configs',
-                                                                     f'{file}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
-
-
-def apply_overrides(config, overrides):
-    for item in overrides:
-        key, value = item.split('=', 1)
-        section, field = key.split('.')
-        config[section][field] = type(config[section][field])(json.loads(value))
 
 
 def main(argv):

@@ -21,6 +21,7 @@ import time
 from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_configs import apply_overrides, load_config  # noqa: E402  (beside this script)
 
 _BATCHES = flags.DEFINE_list('batch_sizes', ['1024', '2048', '4096'], 'Generated batch sizes.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Steps per timed window.')
@@ -32,16 +33,6 @@ _CONFIG = flags.DEFINE_string('config', None, 'A config file (e.g. configs/mnist
                               '--batch_sizes.')
 
 
-def _load_config(path: str):
-    import importlib.util
-    if not os.path.exists(path):
-        raise FileNotFoundError(f'--config={path!r} does not exist.')
-    spec = importlib.util.spec_from_file_location('bench_config', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -51,15 +42,12 @@ def main(argv):
     records = []
     for b in ([None] if _CONFIG.value else map(int, _BATCHES.value)):
         if _CONFIG.value:
-            config = _load_config(_CONFIG.value)
+            config = load_config(_CONFIG.value)
         else:
             config = defaults.toy_config()
             config.train.batch_size = b
             config.train.num_pos = b
-        for item in _SET.value:
-            key, value = item.split('=', 1)
-            section, field = key.split('.')
-            config[section][field] = json.loads(value)
+        apply_overrides(config, _SET.value)
         setup = train.make_task(config)
         state = train.create_train_state(setup, 0)
         if hasattr(setup, 'warm_start'):

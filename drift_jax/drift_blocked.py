@@ -150,7 +150,7 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
             if axis_name is not None:
                 col_shift = jax.lax.pmin(col_shift, axis_name)
         r, a = engine._block_terms(u, t, engine._finite_shift(shift),
-                                  engine._finite_shift(col_shift), unit, opts, axis_name)
+                                   engine._finite_shift(col_shift), unit, opts, axis_name)
         return (shift, row_sums + r, acc.at[pos].add(a)), None
 
     init = (row_shift, jnp.zeros((num_t, n), jnp.float32),
@@ -166,5 +166,5 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
     row_sums = sum(o[1] for o in outs)
     acc = sum(o[2] for o in outs)
     return engine._finish(row_sums, acc[0], acc[1], scale, coord_scale, n_total, opts,
-                         axis_name)
+                          axis_name)
 
