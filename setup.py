@@ -30,6 +30,7 @@ setup(
         'test': [
             'pytest>=8',
             'pytest-timeout>=2.3',
+            'pytest-xdist>=3.5',   # the suite runs on two workers (pyproject addopts)
             'ruff>=0.6',
             'nbformat>=5.9',
             'nbclient>=0.10',

@@ -5,8 +5,8 @@ jitted train step, and the CLI, sharded and multi-process tests start new Python
 that compile the spiral step from scratch. A compilation cache shared by the session (and
 inherited by those subprocesses through the environment) compiles each program once. The
 cache lives in a fresh temporary folder, so every run starts cold and CI measures the same
-thing as a clean checkout; it is removed at the end. Set DRIFT_JAX_TEST_COMPILATION_CACHE=0
-to run without it.
+thing as a clean checkout; it is removed at the end. The pytest-xdist workers share the
+controller's folder. Set DRIFT_JAX_TEST_COMPILATION_CACHE=0 to run without it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,14 @@ import shutil
 import tempfile
 
 _CACHE_DIR = None
+_OWNER = False   # This process made the folder (and removes it).
 if os.environ.get('DRIFT_JAX_TEST_COMPILATION_CACHE', '1') != '0':
-    _CACHE_DIR = tempfile.mkdtemp(prefix='drift_jax_test_xla_cache_')
+    # pytest-xdist workers inherit the controller's folder (one cache for the whole run).
+    _CACHE_DIR = os.environ.get('DRIFT_JAX_TEST_COMPILATION_CACHE_DIR')
+    if not _CACHE_DIR or not os.path.isdir(_CACHE_DIR):
+        _CACHE_DIR = tempfile.mkdtemp(prefix='drift_jax_test_xla_cache_')
+        os.environ['DRIFT_JAX_TEST_COMPILATION_CACHE_DIR'] = _CACHE_DIR
+        _OWNER = True
     os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE_DIR
     # Only programs that take a while to compile are worth a disk entry.
     os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.3'
@@ -29,5 +35,5 @@ if os.environ.get('DRIFT_JAX_TEST_COMPILATION_CACHE', '1') != '0':
 
 
 def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
-    if _CACHE_DIR is not None:
+    if _OWNER:
         shutil.rmtree(_CACHE_DIR, ignore_errors=True)
