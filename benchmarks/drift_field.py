@@ -74,15 +74,10 @@ def library(form, block_size, temps, self_mask=True, paper=True):
                               scale_dist=paper, normalize_drift=paper)
 
     def field(x, y_pos, y_neg):
-        saved = drift.GROUP_CHUNK_ENTRIES
-        if form == 'dense_allgroups':
-            drift.GROUP_CHUNK_ENTRIES = 2**62   # read while tracing only
-        try:
-            _, v, coord_scale, _, _ = drift._field_scaled(
-                x, y_pos, y_neg, None, None, opts,
-                form='dense' if form == 'dense_allgroups' else form)
-        finally:
-            drift.GROUP_CHUNK_ENTRIES = saved
+        _, v, coord_scale, _, _ = drift._field_scaled(
+            x, y_pos, y_neg, None, None, opts,
+            form='dense' if form == 'dense_allgroups' else form,
+            chunk_groups=form != 'dense_allgroups')
         v = v * coord_scale[:, None, None]
         return v if x.ndim == 3 else v[0]
     return field

@@ -224,11 +224,13 @@ def select_block_size(groups: int, n: int, m: int, d: int, num_temps: int,
     return None
 
 
-def _field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, form: str = 'auto'):
+def _field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, form: str = 'auto',
+                  chunk_groups: bool = True):
     """Field in scaled coordinates for all groups: (v [G,N,D], coord_scale [G], stats).
 
     `form` forces 'dense' or 'blocked' (benchmarks and tests); 'auto' uses
-    `select_block_size`.
+    `select_block_size`. `chunk_groups=False` vectorises every group at once instead of
+    running them in chunks of `group_chunk` (benchmarks).
     """
     x, y_pos, y_neg, w_pos, w_neg, mask_self, grouped = _prepare(
         x, y_pos, y_neg, weights_pos, weights_neg, opts)
@@ -252,7 +254,7 @@ def _field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, form: str = '
             return engine._single_group_field(xg, pg, ng, wp, wn, opts, mask_self)
 
     args = (x, y_pos, y_neg, w_pos, w_neg)
-    chunk = group_chunk(g, n, m)
+    chunk = group_chunk(g, n, m) if chunk_groups else g
     if chunk < g:
         v, coord_scale, stats = jax.lax.map(lambda a: one(*a), args, batch_size=chunk)
     else:
