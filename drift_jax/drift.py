@@ -246,16 +246,21 @@ def _field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, form: str = '
     if block:
         from drift_jax import drift_blocked
 
-        def one(xg, pg, ng, wp, wn):
+        def one(xg, pg, ng, wp, wn, one_exp=False):
             return drift_blocked.single_group_field(xg, pg, ng, wp, wn, opts, mask_self,
-                                                    block_size=block)
+                                                    block_size=block, one_exp=one_exp)
     else:
         def one(xg, pg, ng, wp, wn):
             return engine._single_group_field(xg, pg, ng, wp, wn, opts, mask_self)
 
     args = (x, y_pos, y_neg, w_pos, w_neg)
     chunk = group_chunk(g, n, m) if chunk_groups else g
-    if chunk < g:
+    if block and g == 1:
+        # One group is not vmapped, so the blocked form may choose per block (lax.cond)
+        # between one and two exponentials per entry.
+        out = one(*[a[0] for a in args], one_exp=True)
+        v, coord_scale, stats = jax.tree.map(lambda a: a[None], out)
+    elif chunk < g:
         v, coord_scale, stats = jax.lax.map(lambda a: one(*a), args, batch_size=chunk)
     else:
         v, coord_scale, stats = jax.vmap(one)(*args)

@@ -59,7 +59,7 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
                        opts: drift.DriftOptions, mask_self: bool, *,
                        q_valid: Array | None = None, q_offset: Array | int = 0,
                        n_total: int | None = None, axis_name: str | None = None,
-                       block_size: int | None = None):
+                       block_size: int | None = None, one_exp: bool = False):
     """Field for one group in scaled coordinates, streaming over blocks of targets.
 
     Same arguments and result as `engine._single_group_field`: x_nd [N, D], y_pos [M+, D],
@@ -68,6 +68,9 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
     block; sets that are not a multiple of it are padded with zero-weight targets, which
     are masked. q_valid, q_offset, n_total and axis_name serve the sharded form (see
     drift_sharded): real rows [N], global index of row 0, global real rows, mesh axis.
+    one_exp: let blocks use one exponential per entry where their shifts allow it
+    (`engine._one_exp_terms`; a `lax.cond` per block, so only for calls that are not
+    vmapped).
     """
     n, d = x_nd.shape
     n_total = n if n_total is None else n_total
@@ -150,7 +153,8 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
             if axis_name is not None:
                 col_shift = jax.lax.pmin(col_shift, axis_name)
         r, a = engine._block_terms(u, t, engine._finite_shift(shift),
-                                   engine._finite_shift(col_shift), unit, opts, axis_name)
+                                   engine._finite_shift(col_shift), unit, opts, axis_name,
+                                   one_exp=one_exp)
         return (shift, row_sums + r, acc.at[pos].add(a)), None
 
     init = (row_shift, jnp.zeros((num_t, n), jnp.float32),

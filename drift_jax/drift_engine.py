@@ -257,10 +257,23 @@ def _pass2_block(q: _Queries, t: _Targets, row_shift: Array, col_shift: Array, u
 
 
 def _block_terms(u: Array, t: _Targets, row_shift: Array, col_shift: Array, unit: Array,
-                 opts: DriftOptions, axis_name=None):
-    """`_pass2_block` from the block's u [N, b] (+inf on invalid pairs)."""
+                 opts: DriftOptions, axis_name=None, one_exp: bool = False):
+    """`_pass2_block` from the block's u [N, b] (+inf on invalid pairs).
+
+    one_exp (normalize 'both', single device, and only where the call is not vmapped: a
+    `lax.cond` under vmap runs both branches): blocks whose shifts allow it take
+    `_one_exp_terms`, the others the two-exp form below.
+    """
     kappas = _kappas(opts)
     hp = jax.lax.Precision.HIGHEST
+    if one_exp and opts.normalize == 'both' and axis_name is None:
+        block_min = jnp.min(jnp.where(t.w > 0, col_shift, jnp.inf))
+        block_min = jnp.where(jnp.isfinite(block_min), block_min, 0.0)
+        spread = jnp.maximum(jnp.max(row_shift), jnp.max(col_shift)) - block_min
+        fits = unit * max(kappas) * spread <= _ONE_EXP_MAX_SPREAD
+        return jax.lax.cond(
+            fits, lambda: _one_exp_terms(u, t, row_shift, block_min, unit, opts),
+            lambda: _block_terms(u, t, row_shift, col_shift, unit, opts))
     if opts.normalize == 'none':
         row_sums = jnp.zeros((len(kappas), u.shape[0]), jnp.float32)
         accs = [jnp.dot(g * t.w, t.aug, precision=hp) for g in _exp_family(u, unit, kappas)]
@@ -291,6 +304,42 @@ def _block_terms(u: Array, t: _Targets, row_shift: Array, col_shift: Array, unit
         return row_sums, jnp.einsum('tnb,bk->tnk', weighted, t.aug, precision=hp)
     accs = [jnp.dot(g * c, t.aug, precision=hp) for g, c in zip(gs, col_factor, strict=True)]
     return row_sums, jnp.stack(accs)
+
+
+# The one-exp form is used when k (shift - m) is at most this for every row and column
+# shift (m: the block's smallest u). Then every entry within e^-30 of its row's or column's
+# peak has H >= e^-87, float32's smallest normal: nothing that matters underflows.
+_ONE_EXP_MAX_SPREAD = 57.0
+
+
+def _one_exp_terms(u: Array, t: _Targets, row_shift: Array, block_min: Array, unit: Array,
+                   opts: DriftOptions):
+    """`_block_terms` ('both') with one exponential per entry (and temperature family).
+
+    With m the block's smallest u and H_ij = exp(-k (u_ij - m)),
+        exp(-k (u_ij - r_i)) = H_ij a_i^2,   a_i = exp(k (r_i - m) / 2),
+    and in the column-normalised term the column shift cancels:
+        exp(-k (u_ij - (r_i + c_j) / 2)) / sqrt(C_j) = H_ij a_i / sqrt(sum_i' H_i'j).
+    So R_i = a_i^2 sum_j H_ij, and the field's matmul is H [y | 1] with the rows of [y | 1]
+    scaled by w_j / sqrt(sum_i H_ij), its [N, D + 1] result by a_i. The caller checks that
+    no entry that matters underflows (`_ONE_EXP_MAX_SPREAD`).
+    """
+    hp = jax.lax.Precision.HIGHEST
+    kappas = _kappas(opts)
+    # The barrier keeps H materialised once: XLA would otherwise recompute the exp inside
+    # each of its three consumers (row sum, column sum, matmul operand).
+    hs = jax.lax.optimization_barrier(_exp_family(u - block_min, unit, kappas))
+    row_sums, accs = [], []
+    for h, kappa in zip(hs, kappas, strict=True):
+        # Capped: under a user's vmap the cond becomes a select that also evaluates this
+        # branch where it does not fit; it must stay finite there (no NaN gradients).
+        a_sq = jnp.exp(jnp.minimum((unit * kappa) * (row_shift - block_min), 80.0))  # [N]
+        col_vec = _safe_pow(jnp.sum(h, axis=0), -0.5) * t.w                  # [b]
+        row_sums.append(a_sq * jnp.sum(h, axis=1))
+        # The column factor scales the matmul's [b, D + 1] right operand, not H [N, b].
+        accs.append(jnp.sqrt(a_sq)[:, None]
+                    * jnp.dot(h, col_vec[:, None] * t.aug, precision=hp))
+    return jnp.stack(row_sums), jnp.stack(accs)
 
 
 # Blocks of up to this many [N, b] entries stack their temperatures into one field matmul

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from drift_jax import drift, drift_blocked
+from drift_jax import drift, drift_blocked, drift_engine
 from drift_jax.drift import DriftOptions, compute_drift_field
 
 PAPER = (0.02, 0.05, 0.2)
@@ -177,15 +177,89 @@ def test_public_api_block_size_matches_default() -> None:
     assert _rel(got, want) < TOL
 
 
-def test_blocked_gradient_matches_dense() -> None:
+# Forcing the blocked form's terms: one exponential per entry in every block, or two.
+SPREADS = {'one-exp': float('inf'), 'two-exp': -1.0}
+
+
+def _blocked_with_spread(monkeypatch, spread: str, x, y_pos, y_neg, w_pos, w_neg, opts):
+    """The blocked field traced afresh with `_ONE_EXP_MAX_SPREAD` set to force one form."""
+    monkeypatch.setattr(drift_engine, '_ONE_EXP_MAX_SPREAD', SPREADS[spread])
+    return jax.jit(lambda *a: _field.__wrapped__(*a, opts, 'blocked'))(
+        x, y_pos, y_neg, w_pos, w_neg)
+
+
+@pytest.mark.parametrize('spread', list(SPREADS))
+@pytest.mark.parametrize('case', ['default-odd-sizes', 'paper-temps-block-1',
+                                  'no-power-plan-temps', 'online-block-1-selfmask'])
+def test_blocked_one_exp_and_two_exp_terms_equal_dense(case, spread, monkeypatch) -> None:
+    """Both block terms of the one-group blocked form (`engine._one_exp_terms` and the
+    two-exp form it falls back to) equal the dense field."""
+    x, y_pos, y_neg, w_pos, w_neg, kw = _inputs(case)
+    opts = DriftOptions(**kw)
+    dense, dense_stats = _field(x, y_pos, y_neg, w_pos, w_neg, opts, 'dense')
+    got, stats = _blocked_with_spread(monkeypatch, spread, x, y_pos, y_neg, w_pos, w_neg, opts)
+    assert _rel(got, dense) < TOL
+    for key, value in dense_stats.items():
+        np.testing.assert_allclose(stats[key], value, rtol=TOL)
+
+
+def _outlier_inputs():
+    """An outlier query whose nearest positive and negative lie 7 away, in blocks (of 8)
+    with targets ~0.05 from the other queries; tau = 0.05 on raw distances."""
+    rng = np.random.default_rng(3)
+    y_pos = _f32(np.concatenate([rng.normal(size=(23, 2)) + 0.5, [[15.0, 15.0]]]))
+    y_neg = _f32(np.concatenate([rng.normal(size=(15, 2)), [[15.3, 14.7]]]))
+    x = _f32(np.concatenate([rng.normal(size=(19, 2)), [[20.0, 20.0]]]))
+    return x, y_pos, y_neg, dict(temperatures=(0.05,), scale_dist=False, block_size=8,
+                                 self_mask=False)
+
+
+def test_one_exp_terms_are_not_used_where_they_would_underflow(monkeypatch) -> None:
+    """Relative to its blocks' smallest distance the outlier's entries are ~exp(-140) and
+    underflow in the one-exp form (forced, its field comes out 0), so the automatic choice
+    must fall back to two exponentials and equal the dense field."""
+    x, y_pos, y_neg, kw = _outlier_inputs()
+    opts = DriftOptions(**kw)
+    dense = _field(x, y_pos, y_neg, None, None, opts, 'dense')[0]
+    forced = _blocked_with_spread(monkeypatch, 'one-exp', x, y_pos, y_neg, None, None,
+                                  opts)[0]
+    assert not np.isfinite(np.asarray(forced)).all() or not _rel(forced, dense) < 1e-2
+    monkeypatch.setattr(drift_engine, '_ONE_EXP_MAX_SPREAD', 57.0)
+    auto = jax.jit(lambda *a: _field.__wrapped__(*a, opts, 'blocked'))(
+        x, y_pos, y_neg, None, None)[0]
+    assert _rel(auto, dense) < TOL
+
+
+def test_vmapped_public_api_keeps_finite_gradients_where_one_exp_does_not_fit() -> None:
+    """A user's vmap over compute_drift_field turns the per-block cond into a select, which
+    evaluates the one-exp terms even where they do not fit (the outlier): gradients (vmap
+    of grad, and grad of vmap) must stay finite and equal the unvmapped ones."""
+    x, y_pos, y_neg, kw = _outlier_inputs()
+    probe = jnp.asarray(np.random.default_rng(1).normal(size=x.shape), jnp.float32)
+
+    def f(a, y):
+        return jnp.sum(compute_drift_field(a, y, y_neg, **kw) * probe)
+
+    xs, ys = jnp.stack([x, x * 1.1]), jnp.stack([y_pos, y_pos * 1.1])
+    vmap_of_grad = jax.jit(jax.vmap(jax.grad(f)))(xs, ys)
+    grad_of_vmap = jax.jit(jax.grad(lambda a, y: jnp.sum(jax.vmap(f)(a, y))))(xs, ys)
+    grad = jax.jit(jax.grad(f))
+    for i in range(2):
+        assert _rel(vmap_of_grad[i], grad(xs[i], ys[i])) < 1e-4
+        assert _rel(grad_of_vmap[i], grad(xs[i], ys[i])) < 1e-4
+
+
+@pytest.mark.parametrize('spread', list(SPREADS))
+def test_blocked_gradient_matches_dense(spread, monkeypatch) -> None:
     x, y_pos, _, _, _, _ = _inputs('default-odd-sizes')
     probe = jnp.asarray(np.random.default_rng(0).normal(size=x.shape), jnp.float32)
     opts = DriftOptions(temperatures=(0.05, 0.2), block_size=8)
+    monkeypatch.setattr(drift_engine, '_ONE_EXP_MAX_SPREAD', SPREADS[spread])
 
     def grad(form):
         def f(a):
-            return jnp.sum(_field(a[None], y_pos[None], None, None, None, opts, form)[0][0]
-                           * probe)
+            v = _field.__wrapped__(a[None], y_pos[None], None, None, None, opts, form)[0]
+            return jnp.sum(v[0] * probe)
         return jax.jit(jax.grad(f))(jnp.asarray(x))
 
     assert _rel(grad('blocked'), grad('dense')) < 1e-4
