@@ -169,6 +169,16 @@ def _max_label(splits: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> int:
     return int(max(lab.max(initial=-1) for _, lab in splits.values()))
 
 
+def _with_test_split(data: SourceData, origin: str, test_fraction: float,
+                     seed: int) -> SourceData:
+    """`data` with a seeded test split cut from train when it has none, validated."""
+    if 'test' not in data.splits:
+        data = dataclasses.replace(
+            data, splits=_split_arrays(*data.splits['train'], test_fraction, seed))
+    data.validate(origin)
+    return data
+
+
 def _split_arrays(
     images: np.ndarray, labels: np.ndarray, test_fraction: float, seed: int
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -330,16 +340,9 @@ def read_npz(
         num_classes = len(class_names)
     else:
         num_classes = _max_label(splits) + 1
-    if 'test' not in splits:
-        splits = _split_arrays(*splits['train'], test_fraction, seed)
-    data = SourceData(
-        splits=splits,
-        num_classes=num_classes,
-        class_names=class_names,
-        description=f'Images from {os.path.abspath(path)}.',
-    )
-    data.validate(path)
-    return data
+    return _with_test_split(SourceData(splits, num_classes, class_names,
+                                       f'Images from {os.path.abspath(path)}.'),
+                            path, test_fraction, seed)
 
 
 def _open_maybe_gz(path: str) -> bytes:
@@ -400,16 +403,10 @@ def read_idx_folder(
         splits[split] = (to_uint8_images(images, images_path), labels)
     if 'train' not in splits:
         raise SourceError(f'{path}: no train-images-idx3-ubyte[.gz] file')
-    num_classes = _max_label(splits) + 1
-    if 'test' not in splits:
-        splits = _split_arrays(*splits['train'], test_fraction, seed)
-    data = SourceData(
-        splits=splits,
-        num_classes=num_classes,
-        description=f'Images from the IDX files in {os.path.abspath(path)}.',
-    )
-    data.validate(path)
-    return data
+    return _with_test_split(
+        SourceData(splits, _max_label(splits) + 1,
+                   description=f'Images from the IDX files in {os.path.abspath(path)}.'),
+        path, test_fraction, seed)
 
 
 def read_mnist_pickle(path: str) -> SourceData:
