@@ -331,8 +331,8 @@ def _one_exp_terms(u: Array, t: _Targets, row_shift: Array, block_min: Array, un
     hs = jax.lax.optimization_barrier(_exp_family(u - block_min, unit, kappas))
     row_sums, accs = [], []
     for h, kappa in zip(hs, kappas, strict=True):
-        # Capped: under a user's vmap the cond becomes a select that also evaluates this
-        # branch where it does not fit; it must stay finite there (no NaN gradients).
+        # Capped so that this branch stays finite where it does not fit: under a user's
+        # vmap the cond becomes a select that evaluates it there too.
         a_sq = jnp.exp(jnp.minimum((unit * kappa) * (row_shift - block_min), 80.0))  # [N]
         col_vec = _safe_pow(jnp.sum(h, axis=0), -0.5) * t.w                  # [b]
         row_sums.append(a_sq * jnp.sum(h, axis=1))
