@@ -68,7 +68,8 @@ def library(form, block_size, temps, self_mask=True, paper=True):
     """compute_drift_field with the dense or blocked form forced (paper or simple options).
 
     form 'dense_allgroups': the dense form with every group vectorised at once (no chunks
-    of groups, see drift.group_chunk), to show what the chunking buys.
+    of groups, see drift.group_chunk), to show what the chunking buys; 'blocked_twoexp':
+    the blocked form without its one-exp block terms (drift_engine._one_exp_terms).
     """
     opts = drift.DriftOptions(temperatures=temps, self_mask=self_mask, block_size=block_size,
                               scale_dist=paper, normalize_drift=paper)
@@ -76,8 +77,8 @@ def library(form, block_size, temps, self_mask=True, paper=True):
     def field(x, y_pos, y_neg):
         _, v, coord_scale, _, _ = drift._field_scaled(
             x, y_pos, y_neg, None, None, opts,
-            form='dense' if form == 'dense_allgroups' else form,
-            chunk_groups=form != 'dense_allgroups')
+            form={'dense_allgroups': 'dense', 'blocked_twoexp': 'blocked'}.get(form, form),
+            chunk_groups=form != 'dense_allgroups', one_exp=form != 'blocked_twoexp')
         v = v * coord_scale[:, None, None]
         return v if x.ndim == 3 else v[0]
     return field
@@ -202,7 +203,8 @@ def main(argv=None):
     p.add_argument('--temps', nargs='+', default=['0.05', ','.join(map(str, PAPER))],
                    help='temperature sets, each comma-separated')
     p.add_argument('--impls', default='naive,dense,blocked',
-                   help='naive, dense, blocked, dense_allgroups (dense, groups not chunked)')
+                   help='naive, dense, blocked, dense_allgroups (dense, groups not '
+                   'chunked), blocked_twoexp (blocked, two exps per entry everywhere)')
     p.add_argument('--groups', type=int, default=1,
                    help='independent problems per call (the grouped [G, N, D] form)')
     p.add_argument('--options', default='paper,simple',

@@ -225,12 +225,13 @@ def select_block_size(groups: int, n: int, m: int, d: int, num_temps: int,
 
 
 def _field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, form: str = 'auto',
-                  chunk_groups: bool = True):
+                  chunk_groups: bool = True, one_exp: bool = True):
     """Field in scaled coordinates for all groups: (v [G,N,D], coord_scale [G], stats).
 
     `form` forces 'dense' or 'blocked' (benchmarks and tests); 'auto' uses
     `select_block_size`. `chunk_groups=False` vectorises every group at once instead of
-    running them in chunks of `group_chunk` (benchmarks).
+    running them in chunks of `group_chunk`; `one_exp=False` keeps the blocked form of one
+    group on two exponentials per entry (benchmarks).
     """
     x, y_pos, y_neg, w_pos, w_neg, mask_self, grouped = _prepare(
         x, y_pos, y_neg, weights_pos, weights_neg, opts)
@@ -258,7 +259,7 @@ def _field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, form: str = '
     if block and g == 1:
         # One group is not vmapped, so the blocked form may choose per block (lax.cond)
         # between one and two exponentials per entry.
-        out = one(*[a[0] for a in args], one_exp=True)
+        out = one(*[a[0] for a in args], one_exp=one_exp)
         v, coord_scale, stats = jax.tree.map(lambda a: a[None], out)
     elif chunk < g:
         v, coord_scale, stats = jax.lax.map(lambda a: one(*a), args, batch_size=chunk)

@@ -136,7 +136,7 @@ def test_benchmark_naive_baseline_equals_library(paper: bool) -> None:
     x, y_pos, y_neg, self_mask = bench.inputs(48, 112, 6)
     temps = PAPER if paper else (0.05,)
     want = bench.naive(x, y_pos, y_neg, temps, self_mask, paper)
-    for form in ('dense', 'blocked'):
+    for form in ('dense', 'blocked', 'blocked_twoexp'):
         got = jax.jit(bench.library(form, 16, temps, self_mask, paper))(x, y_pos, y_neg)
         assert _rel(got, want) < 1e-4, form
 
@@ -181,9 +181,9 @@ def test_public_api_block_size_matches_default() -> None:
 SPREADS = {'one-exp': float('inf'), 'two-exp': -1.0}
 
 
-def _blocked_with_spread(monkeypatch, spread: str, x, y_pos, y_neg, w_pos, w_neg, opts):
-    """The blocked field traced afresh with `_ONE_EXP_MAX_SPREAD` set to force one form."""
-    monkeypatch.setattr(drift_engine, '_ONE_EXP_MAX_SPREAD', SPREADS[spread])
+def _blocked_with_spread(monkeypatch, spread: float, x, y_pos, y_neg, w_pos, w_neg, opts):
+    """The blocked field traced afresh with `_ONE_EXP_MAX_SPREAD` set to `spread`."""
+    monkeypatch.setattr(drift_engine, '_ONE_EXP_MAX_SPREAD', spread)
     return jax.jit(lambda *a: _field.__wrapped__(*a, opts, 'blocked'))(
         x, y_pos, y_neg, w_pos, w_neg)
 
@@ -197,7 +197,8 @@ def test_blocked_one_exp_and_two_exp_terms_equal_dense(case, spread, monkeypatch
     x, y_pos, y_neg, w_pos, w_neg, kw = _inputs(case)
     opts = DriftOptions(**kw)
     dense, dense_stats = _field(x, y_pos, y_neg, w_pos, w_neg, opts, 'dense')
-    got, stats = _blocked_with_spread(monkeypatch, spread, x, y_pos, y_neg, w_pos, w_neg, opts)
+    got, stats = _blocked_with_spread(monkeypatch, SPREADS[spread], x, y_pos, y_neg, w_pos,
+                                      w_neg, opts)
     assert _rel(got, dense) < TOL
     for key, value in dense_stats.items():
         np.testing.assert_allclose(stats[key], value, rtol=TOL)
@@ -221,12 +222,11 @@ def test_one_exp_terms_are_not_used_where_they_would_underflow(monkeypatch) -> N
     x, y_pos, y_neg, kw = _outlier_inputs()
     opts = DriftOptions(**kw)
     dense = _field(x, y_pos, y_neg, None, None, opts, 'dense')[0]
-    forced = _blocked_with_spread(monkeypatch, 'one-exp', x, y_pos, y_neg, None, None,
-                                  opts)[0]
+    default = drift_engine._ONE_EXP_MAX_SPREAD
+    forced = _blocked_with_spread(monkeypatch, SPREADS['one-exp'], x, y_pos, y_neg, None,
+                                  None, opts)[0]
     assert not np.isfinite(np.asarray(forced)).all() or not _rel(forced, dense) < 1e-2
-    monkeypatch.setattr(drift_engine, '_ONE_EXP_MAX_SPREAD', 57.0)
-    auto = jax.jit(lambda *a: _field.__wrapped__(*a, opts, 'blocked'))(
-        x, y_pos, y_neg, None, None)[0]
+    auto = _blocked_with_spread(monkeypatch, default, x, y_pos, y_neg, None, None, opts)[0]
     assert _rel(auto, dense) < TOL
 
 
