@@ -55,6 +55,18 @@ def _blocks(y: Array, w: Array, b: int) -> tuple[Array, Array, Array]:
     return y, w, jnp.arange(nb * b).reshape(nb, b)
 
 
+def _stream_ranges(num_blocks: int, streams: int) -> list[tuple[int, int]]:
+    """Contiguous [lo, hi) ranges of blocks, one per stream, sizes differing by at most 1."""
+    bounds = [num_blocks * s // streams for s in range(streams + 1)]
+    return [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True) if hi > lo]
+
+
+def _segments(lo: int, hi: int, num_neg: int) -> list[tuple[int, int, int]]:
+    """Blocks [lo, hi) cut at the sets' boundary: (set 0 negatives / 1 positives, lo, hi)."""
+    cuts = [(0, lo, min(hi, num_neg)), (1, max(lo, num_neg), hi)]
+    return [(k, a, b) for k, a, b in cuts if b > a]
+
+
 def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_neg: Array,
                        opts: drift.DriftOptions, mask_self: bool, *,
                        q_valid: Array | None = None, q_offset: Array | int = 0,
@@ -79,28 +91,21 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
     center = engine._target_center(y_pos, y_neg)
     q = engine._make_queries(x_nd, q_valid, q_offset + jnp.arange(n) if mask_self else None)
 
-    # Both sets in one list of blocks; `is_pos` says which accumulator a block feeds.
+    # Both sets in one list of blocks, cut into contiguous streams; a stream's part of each
+    # set is one segment (a static slice), so every scan feeds one set's accumulator.
     # Positives get index -1 so that they never match a query in the self-mask.
     yn, wn, tn = _blocks(y_neg, w_neg, b)
     yp, wp, tp = _blocks(y_pos, w_pos, b)
     ys, ws = jnp.concatenate([yn, yp]), jnp.concatenate([wn, wp])
     index = jnp.concatenate([tn, jnp.full(tp.shape, -1, tn.dtype)]) if mask_self else None
-    is_pos = jnp.concatenate([jnp.zeros(yn.shape[0], jnp.int32),
-                              jnp.ones(yp.shape[0], jnp.int32)])
-    # Independent streams of blocks (one scan each) let XLA:CPU run them on different
-    # cores; collectives (sharded form) need one stream to keep their order.
+    # Independent streams of blocks (one chain of scans each) let XLA:CPU run them on
+    # different cores; collectives (sharded form) need one stream to keep their order.
     streams = 1 if axis_name is not None else min(STREAMS, ys.shape[0])
-    nb = -(-ys.shape[0] // streams)
-    pad = nb * streams - ys.shape[0]
-
-    def split(a):
-        """[blocks, ...] -> per-stream [nb, ...] arrays (dummy blocks are masked)."""
-        a = jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1))
-        return [a[s * nb:(s + 1) * nb] for s in range(streams)]
-
-    targets = [engine._make_targets(y_s, w_s, i_s, center) for y_s, w_s, i_s in zip(
-        split(ys), split(ws), split(index) if mask_self else [None] * streams, strict=True)]
-    is_pos = split(is_pos)
+    segments = [_segments(lo, hi, yn.shape[0])
+                for lo, hi in _stream_ranges(ys.shape[0], streams)]
+    targets = [[engine._make_targets(ys[lo:hi], ws[lo:hi],
+                                     index[lo:hi] if mask_self else None, center)
+                for _, lo, hi in stream] for stream in segments]
 
     num_t = len(opts.temperatures)
     # Log-sum-exp shifts. With a first pass (needed for the distance scale): its exact row
@@ -116,18 +121,25 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
             r, c, sdw = engine._pass1_block(q, t, opts.scale_dist)
             return (jnp.minimum(row_min, r), sum_dw + sdw), c
 
-        init = (jnp.full((n,), jnp.inf, jnp.float32), jnp.zeros((), jnp.float32))
-        firsts = [jax.lax.scan(pass1, init, t) for t in targets]
-        row_min = functools.reduce(jnp.minimum, [f[0][0] for f in firsts])
-        sum_dw = sum(f[0][1] for f in firsts)
+        carries, col_mins = [], []
+        for stream in targets:
+            carry = (jnp.full((n,), jnp.inf, jnp.float32), jnp.zeros((), jnp.float32))
+            for t in stream:
+                carry, c = jax.lax.scan(pass1, carry, t)
+                col_mins.append(c)
+            carries.append(carry)
+        row_min = functools.reduce(jnp.minimum, [c[0] for c in carries])
+        sum_dw = sum(c[1] for c in carries)
         sum_w = engine._valid_weight_sum(q, w_pos, w_neg)
-        scale, coord_scale, unit, row_shift, col_shifts = engine._combine_pass1(
-            row_min, [f[1] for f in firsts], sum_dw, sum_w, d, opts, axis_name)
+        scale, coord_scale, unit, row_shift, col_mins = engine._combine_pass1(
+            row_min, col_mins, sum_dw, sum_w, d, opts, axis_name)
+        col_mins = iter(col_mins)
+        col_shifts = [[next(col_mins) for _ in stream] for stream in targets]
     else:
         zero = jnp.zeros((), jnp.float32)
         scale, coord_scale, unit = engine._scales(zero, zero, d, opts)
         row_shift = jnp.full((n,), jnp.inf if online else 0.0, jnp.float32)
-        col_shifts = [None] * streams
+        col_shifts = [[None] * len(stream) for stream in targets]
     # Terms accumulated under row shift r carry exp(-rate k (u - r)) with rate 1/2 (the
     # geometric mean, 'both') or 1 ('targets'); the row sums carry exp(-k (u - r)).
     acc_rate = 0.5 if opts.normalize == 'both' else 1.0
@@ -139,36 +151,45 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
         delta = jnp.where(jnp.isfinite(shift), shift - new_shift, 0.0)
         return jnp.exp(-acc_rate * rates[:, None] * delta), jnp.exp(-rates[:, None] * delta)
 
-    def stream(carry, blk):
-        shift, row_sums, acc = carry
-        t, col_shift, pos = blk
+    def block(set_id, carry, blk):
+        shift, row_sums, accs = carry
+        t, col_shift = blk
         u = engine._block_u(q, t, opts.kernel)
         if online:
             new_shift = jnp.minimum(shift, jax.lax.stop_gradient(jnp.min(u, axis=1)))
             f_acc, f_row = rescale(shift, new_shift)
-            row_sums, acc = row_sums * f_row, acc * f_acc[None, :, :, None]
+            row_sums = row_sums * f_row
+            accs = tuple(a * f_acc[:, :, None] for a in accs)
             shift = new_shift
         if col_shift is None:
             col_shift = jnp.min(u, axis=0)
             if axis_name is not None:
                 col_shift = jax.lax.pmin(col_shift, axis_name)
-        r, a = engine._block_terms(u, t, engine._finite_shift(shift),
-                                   engine._finite_shift(col_shift), unit, opts, axis_name,
-                                   one_exp=one_exp)
-        return (shift, row_sums + r, acc.at[pos].add(a)), None
+        r, a, a_scale = engine._block_terms(u, t, engine._finite_shift(shift),
+                                            engine._finite_shift(col_shift), unit, opts,
+                                            axis_name, one_exp=one_exp)
+        if a_scale is not None:
+            a = a_scale[..., None] * a
+        accs = tuple(acc + a if k == set_id else acc for k, acc in enumerate(accs))
+        return (shift, row_sums + r, accs), None
 
-    init = (row_shift, jnp.zeros((num_t, n), jnp.float32),
-            jnp.zeros((2, num_t, n, d + 1), jnp.float32))
-    outs = [jax.lax.scan(stream, init, blk)[0]
-            for blk in zip(targets, col_shifts, is_pos, strict=True)]
+    outs = []
+    for stream, stream_targets, stream_shifts in zip(segments, targets, col_shifts,
+                                                     strict=True):
+        carry = (row_shift, jnp.zeros((num_t, n), jnp.float32),
+                 (jnp.zeros((num_t, n, d + 1), jnp.float32),) * 2)
+        for (set_id, _, _), t, c in zip(stream, stream_targets, stream_shifts, strict=True):
+            carry = jax.lax.scan(functools.partial(block, set_id), carry, (t, c))[0]
+        outs.append(carry)
     if online:
         # Bring every stream to the common (lowest) row shift before adding.
         shift = functools.reduce(jnp.minimum, [o[0] for o in outs])
         factors = [rescale(o[0], shift) for o in outs]
-        outs = [(None, rows * f_row, acc * f_acc[None, :, :, None])
-                for (_, rows, acc), (f_acc, f_row) in zip(outs, factors, strict=True)]
+        outs = [(None, rows * f_row, tuple(a * f_acc[:, :, None] for a in accs))
+                for (_, rows, accs), (f_acc, f_row) in zip(outs, factors, strict=True)]
     row_sums = sum(o[1] for o in outs)
-    acc = sum(o[2] for o in outs)
-    return engine._finish(row_sums, acc[0], acc[1], scale, coord_scale, n_total, opts,
+    acc_neg = sum(o[2][0] for o in outs)
+    acc_pos = sum(o[2][1] for o in outs)
+    return engine._finish(row_sums, acc_neg, acc_pos, scale, coord_scale, n_total, opts,
                           axis_name)
 

@@ -252,13 +252,18 @@ def _pass2_block(q: _Queries, t: _Targets, row_shift: Array, col_shift: Array, u
     Returns:
       (row sums R [T, N] of this block, accumulators [T, N, D + 1] = G [y | 1]).
     """
-    return _block_terms(_block_u(q, t, opts.kernel), t, row_shift, col_shift, unit, opts,
-                        axis_name)
+    row_sums, accs, acc_scale = _block_terms(_block_u(q, t, opts.kernel), t, row_shift,
+                                             col_shift, unit, opts, axis_name)
+    return row_sums, accs if acc_scale is None else acc_scale[..., None] * accs
 
 
 def _block_terms(u: Array, t: _Targets, row_shift: Array, col_shift: Array, unit: Array,
                  opts: DriftOptions, axis_name=None, one_exp: bool = False):
-    """`_pass2_block` from the block's u [N, b] (+inf on invalid pairs).
+    """`_pass2_block`'s terms from the block's u [N, b] (+inf on invalid pairs).
+
+    Returns (row sums R [T, N], accumulators [T, N, D + 1], acc_scale): the accumulators
+    are to be multiplied by acc_scale [T, N] when it is not None (the caller folds this
+    into its accumulation).
 
     one_exp (normalize 'both', single device, and only where the call is not vmapped: a
     `lax.cond` under vmap runs both branches): blocks whose shifts allow it take
@@ -271,13 +276,17 @@ def _block_terms(u: Array, t: _Targets, row_shift: Array, col_shift: Array, unit
         block_min = jnp.where(jnp.isfinite(block_min), block_min, 0.0)
         spread = jnp.maximum(jnp.max(row_shift), jnp.max(col_shift)) - block_min
         fits = unit * max(kappas) * spread <= _ONE_EXP_MAX_SPREAD
+
+        def two_exp():
+            row_sums, accs, _ = _block_terms(u, t, row_shift, col_shift, unit, opts)
+            return row_sums, accs, jnp.ones(row_sums.shape, row_sums.dtype)
+
         return jax.lax.cond(
-            fits, lambda: _one_exp_terms(u, t, row_shift, block_min, unit, opts),
-            lambda: _block_terms(u, t, row_shift, col_shift, unit, opts))
+            fits, lambda: _one_exp_terms(u, t, row_shift, block_min, unit, opts), two_exp)
     if opts.normalize == 'none':
         row_sums = jnp.zeros((len(kappas), u.shape[0]), jnp.float32)
         accs = [jnp.dot(g * t.w, t.aug, precision=hp) for g in _exp_family(u, unit, kappas)]
-        return row_sums, jnp.stack(accs)
+        return row_sums, jnp.stack(accs), None
     # Shifted copies of u; the reductions below see no broadcasts (XLA:CPU hands such
     # reductions to its fast library kernels only when every operand is a full array).
     d_row = u - row_shift[:, None]
@@ -285,7 +294,7 @@ def _block_terms(u: Array, t: _Targets, row_shift: Array, col_shift: Array, unit
         es = _exp_family(d_row, unit, kappas)
         row_sums = jnp.stack([jnp.sum(e, axis=1) for e in es])
         accs = [jnp.dot(e * t.w, t.aug, precision=hp) for e in es]
-        return row_sums, jnp.stack(accs)
+        return row_sums, jnp.stack(accs), None
     d_col = u - col_shift[None, :]
     # Half-rate exps e = exp(-k d_row / 2), f = exp(-k d_col / 2): R = sum e^2,
     # C = sum f^2 and G = e f, two exps per entry instead of three.
@@ -301,9 +310,9 @@ def _block_terms(u: Array, t: _Targets, row_shift: Array, col_shift: Array, unit
     if u.size <= _STACKED_DOT_MAX_ENTRIES:
         # Small blocks (many small groups): one [T N, b] x [b, D + 1] product instead of T.
         weighted = jnp.stack([g * c for g, c in zip(gs, col_factor, strict=True)])
-        return row_sums, jnp.einsum('tnb,bk->tnk', weighted, t.aug, precision=hp)
+        return row_sums, jnp.einsum('tnb,bk->tnk', weighted, t.aug, precision=hp), None
     accs = [jnp.dot(g * c, t.aug, precision=hp) for g, c in zip(gs, col_factor, strict=True)]
-    return row_sums, jnp.stack(accs)
+    return row_sums, jnp.stack(accs), None
 
 
 # The one-exp form is used when k (shift - m) is at most this for every row and column
@@ -321,15 +330,16 @@ def _one_exp_terms(u: Array, t: _Targets, row_shift: Array, block_min: Array, un
     and in the column-normalised term the column shift cancels:
         exp(-k (u_ij - (r_i + c_j) / 2)) / sqrt(C_j) = H_ij a_i / sqrt(sum_i' H_i'j).
     So R_i = a_i^2 sum_j H_ij, and the field's matmul is H [y | 1] with the rows of [y | 1]
-    scaled by w_j / sqrt(sum_i H_ij), its [N, D + 1] result by a_i. The caller checks that
-    no entry that matters underflows (`_ONE_EXP_MAX_SPREAD`).
+    scaled by w_j / sqrt(sum_i H_ij), its [N, D + 1] result by a_i (returned as acc_scale
+    for the caller to fold into its accumulation). The caller checks that no entry that
+    matters underflows (`_ONE_EXP_MAX_SPREAD`).
     """
     hp = jax.lax.Precision.HIGHEST
     kappas = _kappas(opts)
     # The barrier keeps H materialised once: XLA would otherwise recompute the exp inside
     # each of its three consumers (row sum, column sum, matmul operand).
     hs = jax.lax.optimization_barrier(_exp_family(u - block_min, unit, kappas))
-    row_sums, accs = [], []
+    row_sums, accs, scales = [], [], []
     for h, kappa in zip(hs, kappas, strict=True):
         # Capped so that this branch stays finite where it does not fit: under a user's
         # vmap the cond becomes a select that evaluates it there too.
@@ -337,9 +347,9 @@ def _one_exp_terms(u: Array, t: _Targets, row_shift: Array, block_min: Array, un
         col_vec = _safe_pow(jnp.sum(h, axis=0), -0.5) * t.w                  # [b]
         row_sums.append(a_sq * jnp.sum(h, axis=1))
         # The column factor scales the matmul's [b, D + 1] right operand, not H [N, b].
-        accs.append(jnp.sqrt(a_sq)[:, None]
-                    * jnp.dot(h, col_vec[:, None] * t.aug, precision=hp))
-    return jnp.stack(row_sums), jnp.stack(accs)
+        accs.append(jnp.dot(h, col_vec[:, None] * t.aug, precision=hp))
+        scales.append(jnp.sqrt(a_sq))
+    return jnp.stack(row_sums), jnp.stack(accs), jnp.stack(scales)
 
 
 # Blocks of up to this many [N, b] entries stack their temperatures into one field matmul

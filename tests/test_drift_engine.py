@@ -300,6 +300,23 @@ def test_auto_block_size_bounds(n: int, t: int) -> None:
     assert b % 128 == 0 or (b < 128 and b & (b - 1) == 0)
 
 
+@pytest.mark.parametrize('num_neg,num_pos,streams', [(3, 2, 2), (1, 4, 2), (4, 1, 3), (2, 2, 1),
+                                                     (1, 1, 2)])
+def test_streams_cover_every_block_once_within_one_set(num_neg, num_pos, streams) -> None:
+    """Streams split the blocks contiguously and each segment feeds one set only."""
+    ranges = drift_blocked._stream_ranges(num_neg + num_pos, streams)
+    assert len(ranges) == min(streams, num_neg + num_pos)
+    sizes = [hi - lo for lo, hi in ranges]
+    assert max(sizes) - min(sizes) <= 1
+    covered = []
+    for lo, hi in ranges:
+        for set_id, a, b in drift_blocked._segments(lo, hi, num_neg):
+            assert lo <= a < b <= hi
+            assert all((k >= num_neg) == (set_id == 1) for k in range(a, b))
+            covered += range(a, b)
+    assert covered == list(range(num_neg + num_pos))
+
+
 def test_field_takes_blocked_path_above_threshold(monkeypatch) -> None:
     """With a tiny memory limit the public API must stream (and give the same field)."""
     x, y_pos, _, _, _, _ = _inputs('default-odd-sizes')
