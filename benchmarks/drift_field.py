@@ -1,6 +1,7 @@
 """Benchmark of the drifting-field engine: naive dense baseline vs dense vs blocked forms.
 
-Times each case (median of --repeats runs after a warm-up, block_until_ready), and reports
+Times each case (--rounds rounds over its impls, each timing --repeats runs of an impl after a
+warm-up, block_until_ready; the median over all runs), and reports
 kernel entries/s, GFLOP/s, % of a same-shape float32 matmul measured in the same run, peak
 memory from XLA's compiled memory analysis and the speedup over the naive baseline.
 
@@ -106,28 +107,36 @@ def peak_mb(compiled):
         return None
 
 
-def timed(fns, repeats):
-    """Median wall and process-CPU ms of each compiled fn: {name: (ms, cpu_ms)}.
+def timed(fns, repeats, rounds=1):
+    """Median wall and process-CPU ms of each compiled fn, and its per-round medians:
+    {name: (ms, cpu_ms, [round ms, ...])}.
 
-    Each fn in turn: one warm-up call, then `repeats` consecutive timed calls. (Interleaving
-    the fns call by call made each pay for the previous one's memory traffic: in an ad-hoc
-    script on 2026-12-01 the blocked D=64 field took 252 ms right after the naive one and
-    138-162 ms after itself.)
+    In each round every fn in turn gets one warm-up call, then `repeats` consecutive timed
+    calls; the medians are over all rounds' timed calls. (Interleaving the fns call by call
+    made each pay for the previous one's memory traffic: in an ad-hoc script on 2026-12-01
+    the blocked D=64 field took 252 ms right after the naive one and 138-162 ms after
+    itself. Rounds spread each fn's runs over the whole case, so that a slow spell of this
+    shared machine does not land on one fn only.)
     """
     walls = {k: [] for k in fns}
     cpus = {k: [] for k in fns}
-    for name, (f, args) in fns.items():
-        jax.block_until_ready(f(*args))
-        for _ in range(repeats):
-            c0, t0 = time.process_time(), time.perf_counter()
+    per_round = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, (f, args) in fns.items():
             jax.block_until_ready(f(*args))
-            walls[name].append(time.perf_counter() - t0)
-            cpus[name].append(time.process_time() - c0)
-    return {k: (1e3 * statistics.median(walls[k]), 1e3 * statistics.median(cpus[k]))
-            for k in fns}
+            round_walls = []
+            for _ in range(repeats):
+                c0, t0 = time.process_time(), time.perf_counter()
+                jax.block_until_ready(f(*args))
+                round_walls.append(time.perf_counter() - t0)
+                cpus[name].append(time.process_time() - c0)
+            walls[name] += round_walls
+            per_round[name].append(1e3 * statistics.median(round_walls))
+    return {k: (1e3 * statistics.median(walls[k]), 1e3 * statistics.median(cpus[k]),
+                per_round[k]) for k in fns}
 
 
-def run_case(n, m, d, temps, impls, block_size, repeats, paper=True, groups=1):
+def run_case(n, m, d, temps, impls, block_size, repeats, paper=True, groups=1, rounds=1):
     """Benchmarks every impl on one (n, m, d, temps, options) case; returns records.
 
     groups > 1: that many independent [n] x [m] problems in one call (the naive baseline
@@ -147,26 +156,29 @@ def run_case(n, m, d, temps, impls, block_size, repeats, paper=True, groups=1):
         else:
             fn = library(impl, block_size, temps, self_mask, paper)
         fns[impl] = (jax.jit(fn).lower(x, y_pos, y_neg).compile(), (x, y_pos, y_neg))
-    times = timed(fns, repeats)
+    times = timed(fns, repeats, rounds)
     mm_gflops = groups * 2 * a.shape[-2] * b.shape[-1] * d / (times['matmul'][0] * 1e-3) / 1e9
     records, outputs = [], {}
     for impl in impls:
         compiled, args = fns[impl]
-        ms, cpu_ms = times[impl]
+        ms, cpu_ms, round_ms = times[impl]
         outputs[impl] = compiled(*args)
         flops = (2 + 2 * len(temps)) * n * m * d * groups
         records.append(dict(
             impl=impl, options='paper' if paper else 'simple', groups=groups, n=n, m=m, d=d,
-            temps=list(temps), ms=ms, cpu_ms=cpu_ms,
+            temps=list(temps), ms=ms, cpu_ms=cpu_ms, round_ms=round_ms,
             entries_per_s=groups * n * m * len(temps) / (ms * 1e-3),
             gflops=flops / (ms * 1e-3) / 1e9,
             pct_matmul=100 * flops / (ms * 1e-3) / 1e9 / mm_gflops, matmul_gflops=mm_gflops,
-            peak_mb=peak_mb(compiled), speedup_vs_naive=None, max_rel_diff=None))
+            peak_mb=peak_mb(compiled), speedup_vs_naive=None, speedup_rounds=None,
+            max_rel_diff=None))
     ref = outputs.get('dense', outputs.get('naive'))
     base = next((r for r in records if r['impl'] == 'naive'), None)
     for r in records:
         if base is not None:
             r['speedup_vs_naive'] = base['ms'] / r['ms']
+            r['speedup_rounds'] = [b / t for b, t in zip(base['round_ms'], r['round_ms'],
+                                                         strict=True)]
         if ref is not None:
             out = outputs[r['impl']]
             r['max_rel_diff'] = float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))
@@ -182,8 +194,10 @@ def print_table(records):
             f"{'ms':>9s} "
             f"{'cpu_ms':>9s} "
             f"{'Mentry/s':>9s} {'GFLOP/s':>8s} {'%mm':>6s} {'peak_MB':>8s} {'vs naive':>8s} "
-            f"{'rel_diff':>9s}")
-    print(head)  # %mm: % of the same-shape matmul's GFLOP/s; rel_diff: vs dense (or naive).
+            f"{'rel_diff':>9s} {'rounds vs naive':>15s}")
+    # %mm: % of the same-shape matmul's GFLOP/s; rel_diff: vs dense (or naive); rounds vs
+    # naive: the smallest and largest speed-up among the rounds' medians.
+    print(head)
     print('-' * len(head))
     for r in records:
         print(f"{r['impl']:15s} {r['options']:7s} {r.get('groups', 1):5d} {r['n']:6d} "
@@ -191,8 +205,16 @@ def print_table(records):
               f"{len(r['temps']):2d} {r['ms']:9.1f} {r['cpu_ms']:9.1f} "
               f"{r['entries_per_s'] / 1e6:9.1f} "
               f"{r['gflops']:8.1f} {r['pct_matmul']:6.1f} {fmt(r['peak_mb'], '8.0f')} "
-              f"{fmt(r['speedup_vs_naive'], '8.2f')} {fmt(r['max_rel_diff'], '9.1e')}",
-              flush=True)
+              f"{fmt(r['speedup_vs_naive'], '8.2f')} {fmt(r['max_rel_diff'], '9.1e')} "
+              f"{_spread(r['speedup_rounds']):>15s}", flush=True)
+
+
+def _spread(values):
+    """'lo-hi' of a list of speed-ups ('-' when there is none)."""
+    if not values:
+        return '-'
+    return f'{min(values):.2f}-{max(values):.2f}'
+
 
 
 def main(argv=None):
@@ -213,19 +235,24 @@ def main(argv=None):
                         'raw distances, no RMS normalisation (one-temperature sets only, the '
                         "toy configs' form)")
     p.add_argument('--block_size', type=int, default=0, help='0: automatic')
-    p.add_argument('--repeats', type=int, default=5, help='timed runs per case (>= 5)')
+    p.add_argument('--repeats', type=int, default=3,
+                   help='timed runs of each impl per round (rounds x repeats >= 5)')
+    p.add_argument('--rounds', type=int, default=3,
+                   help='rounds over the impls of a case; times are medians over all runs')
     p.add_argument('--big', action='store_true',
                    help='also run 65536 x 65536, D=64, paper temperatures, blocked only')
     p.add_argument('--json', default=None, help='write the records here')
     args = p.parse_args(argv)
-    if args.repeats < 5:
-        p.error('--repeats must be >= 5')
+    if args.repeats < 1 or args.rounds < 1 or args.repeats * args.rounds < 5:
+        p.error(f'need --repeats >= 1, --rounds >= 1 and at least 5 timed runs in all, got '
+                f'--repeats {args.repeats} --rounds {args.rounds}')
     if args.groups < 1:
         p.error('--groups must be >= 1')
     impls = args.impls.split(',')
     temp_sets = [tuple(float(t) for t in s.split(',')) for s in args.temps]
     print(f'jax {jax.__version__} on {jax.default_backend()} ({platform.processor() or "?"},'
-          f' {jax.devices()[0].device_kind}); times: median of {args.repeats} runs; peak_MB:'
+          f' {jax.devices()[0].device_kind}); times: median of {args.rounds} rounds x'
+          f' {args.repeats} runs; peak_MB:'
           ' XLA compiled memory analysis, temp + output', flush=True)
     records = []
     option_sets = args.options.split(',')
@@ -236,11 +263,11 @@ def main(argv=None):
                     continue
                 records += run_case(args.n, args.m, d, temps, impls, args.block_size or None,
                                     args.repeats, paper=options == 'paper',
-                                    groups=args.groups)
+                                    groups=args.groups, rounds=args.rounds)
     print_table(records)
     if args.big:
         big = run_case(65536, 65536, 64, PAPER, ['blocked'], args.block_size or None,
-                       args.repeats)
+                       args.repeats, rounds=args.rounds)
         print_table(big)
         records += big
     if args.json:

@@ -151,11 +151,15 @@ def test_benchmark_grouped_case_agrees_across_impls(monkeypatch) -> None:
         sys.path.pop(0)
     monkeypatch.setattr(drift, 'GROUP_CHUNK_ENTRIES', 2 * 12 * 40)
     records = bench.run_case(12, 40, 5, PAPER, ['naive', 'dense_allgroups', 'dense'], None,
-                             5, groups=3)
+                             3, groups=3, rounds=2)
     assert [r['impl'] for r in records] == ['naive', 'dense_allgroups', 'dense']
     for r in records:
         assert r['groups'] == 3 and r['max_rel_diff'] < 1e-4, r
+        assert len(r['round_ms']) == 2 and len(r['speedup_rounds']) == 2, r
+    assert records[0]['speedup_rounds'] == [1.0, 1.0]
     assert drift.GROUP_CHUNK_ENTRIES == 2 * 12 * 40
+    with pytest.raises(SystemExit):   # 2 x 2 < 5 timed runs
+        bench.main(['--repeats', '2', '--rounds', '2'])
 
 
 def test_blocked_bf16_inputs_equal_dense() -> None:
