@@ -115,10 +115,13 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
     # holds every query, so its column minima are exact. (With several temperatures the
     # per-block rescaling of [T, N, D + 1] accumulators costs more than a first pass.)
     online = not opts.scale_dist and num_t == 1 and opts.normalize != 'none'
+    # One-exp block terms need each block's smallest u, not its column minima (see
+    # `engine._one_exp_or_two`): the first pass gathers only that.
+    one_exp = one_exp and opts.normalize == 'both' and axis_name is None
     if not online and (opts.scale_dist or opts.normalize != 'none'):
         def pass1(carry, t):
             row_min, sum_dw = carry
-            r, c, sdw = engine._pass1_block(q, t, opts.scale_dist)
+            r, c, sdw = engine._pass1_block(q, t, opts.scale_dist, col_minima=not one_exp)
             return (jnp.minimum(row_min, r), sum_dw + sdw), c
 
         carries, col_mins = [], []
@@ -151,45 +154,66 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
         delta = jnp.where(jnp.isfinite(shift), shift - new_shift, 0.0)
         return jnp.exp(-acc_rate * rates[:, None] * delta), jnp.exp(-rates[:, None] * delta)
 
-    def block(set_id, carry, blk):
-        shift, row_sums, accs = carry
+    def block(set_id, one_exp, carry, blk):
+        shift, row_sums, accs, exact = carry
         t, col_shift = blk
         u = engine._block_u(q, t, opts.kernel)
         if online:
-            new_shift = jnp.minimum(shift, jax.lax.stop_gradient(jnp.min(u, axis=1)))
+            block_row_min = jax.lax.stop_gradient(jnp.min(u, axis=1))
+            new_shift = jnp.minimum(shift, block_row_min)
             f_acc, f_row = rescale(shift, new_shift)
             row_sums = row_sums * f_row
             accs = tuple(a * f_acc[:, :, None] for a in accs)
             shift = new_shift
         if col_shift is None:
-            col_shift = jnp.min(u, axis=0)
-            if axis_name is not None:
-                col_shift = jax.lax.pmin(col_shift, axis_name)
-        r, a, a_scale = engine._block_terms(u, t, engine._finite_shift(shift),
-                                            engine._finite_shift(col_shift), unit, opts,
-                                            axis_name, one_exp=one_exp)
-        if a_scale is not None:
-            a = a_scale[..., None] * a
+            if one_exp:      # the block's smallest u
+                col_shift = jnp.min(block_row_min) if online else jnp.min(u)
+            else:
+                col_shift = jnp.min(u, axis=0)
+                if axis_name is not None:
+                    col_shift = jax.lax.pmin(col_shift, axis_name)
+        if one_exp:
+            r, a, a_scale, fit = engine._one_exp_block(u, t, engine._finite_shift(shift),
+                                                       engine._finite_shift(col_shift), unit,
+                                                       opts)
+            a, exact = a_scale[..., None] * a, exact & fit
+        else:
+            r, a, _ = engine._block_terms(u, t, engine._finite_shift(shift),
+                                          engine._finite_shift(col_shift), unit, opts,
+                                          axis_name)
         accs = tuple(acc + a if k == set_id else acc for k, acc in enumerate(accs))
-        return (shift, row_sums + r, accs), None
+        return (shift, row_sums + r, accs, exact), None
 
-    outs = []
-    for stream, stream_targets, stream_shifts in zip(segments, targets, col_shifts,
-                                                     strict=True):
-        carry = (row_shift, jnp.zeros((num_t, n), jnp.float32),
-                 (jnp.zeros((num_t, n, d + 1), jnp.float32),) * 2)
-        for (set_id, _, _), t, c in zip(stream, stream_targets, stream_shifts, strict=True):
-            carry = jax.lax.scan(functools.partial(block, set_id), carry, (t, c))[0]
-        outs.append(carry)
-    if online:
-        # Bring every stream to the common (lowest) row shift before adding.
-        shift = functools.reduce(jnp.minimum, [o[0] for o in outs])
-        factors = [rescale(o[0], shift) for o in outs]
-        outs = [(None, rows * f_row, tuple(a * f_acc[:, :, None] for a in accs))
-                for (_, rows, accs), (f_acc, f_row) in zip(outs, factors, strict=True)]
-    row_sums = sum(o[1] for o in outs)
-    acc_neg = sum(o[2][0] for o in outs)
-    acc_pos = sum(o[2][1] for o in outs)
+    def pass2(one_exp, col_shifts):
+        """(row sums [T, N], accumulators [T, N, D + 1] of both sets, exact [])."""
+        outs = []
+        for stream, stream_targets, stream_shifts in zip(segments, targets, col_shifts,
+                                                         strict=True):
+            carry = (row_shift, jnp.zeros((num_t, n), jnp.float32),
+                     (jnp.zeros((num_t, n, d + 1), jnp.float32),) * 2, jnp.array(True))
+            for (set_id, _, _), t, c in zip(stream, stream_targets, stream_shifts,
+                                            strict=True):
+                carry = jax.lax.scan(functools.partial(block, set_id, one_exp), carry,
+                                     (t, c))[0]
+            outs.append(carry)
+        if online:
+            # Bring every stream to the common (lowest) row shift before adding.
+            shift = functools.reduce(jnp.minimum, [o[0] for o in outs])
+            factors = [rescale(o[0], shift) for o in outs]
+            outs = [(None, rows * f_row, tuple(a * f_acc[:, :, None] for a in accs), ok)
+                    for (_, rows, accs, ok), (f_acc, f_row) in zip(outs, factors,
+                                                                   strict=True)]
+        return (sum(o[1] for o in outs), sum(o[2][0] for o in outs),
+                sum(o[2][1] for o in outs), functools.reduce(jnp.logical_and,
+                                                             [o[3] for o in outs]))
+
+    row_sums, acc_neg, acc_pos, exact = pass2(one_exp, col_shifts)
+    if one_exp:
+        # Where a block's one-exp terms were not exact, all blocks again without them (the
+        # column minima, which the first pass skipped, come from each block).
+        row_sums, acc_neg, acc_pos = jax.lax.cond(
+            exact, lambda: (row_sums, acc_neg, acc_pos),
+            lambda: pass2(False, [[None] * len(stream) for stream in targets])[:3])
     return engine._finish(row_sums, acc_neg, acc_pos, scale, coord_scale, n_total, opts,
                           axis_name)
 

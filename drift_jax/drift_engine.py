@@ -7,6 +7,7 @@ internal: the public API (options, `compute_drift_field`, `drift_loss`) is in `d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -134,17 +135,23 @@ def _kernel_u(sq: Array, kernel: str) -> Array:
     return sq
 
 
-def _pass1_block(q: _Queries, t: _Targets, scale_dist: bool):
+def _pass1_block(q: _Queries, t: _Targets, scale_dist: bool, col_minima: bool = True):
     """First-pass statistics of a block of b targets.
 
     Returns (row minima of sq [N], column minima of sq [b], sum of w d), all over valid
-    pairs only (minima are +inf where nothing is valid).
+    pairs only (minima are +inf where nothing is valid). Without col_minima, the block's
+    smallest sq [] takes the place of the column minima (the one-exp block terms need
+    only that).
     """
     sq = _pair_sq(q, t)
     valid = _pair_valid(q, t)
     sq_valid = jnp.where(valid, sq, jnp.inf)
     row_min = jnp.min(sq_valid, axis=1)
-    col_min = jnp.min(sq_valid, axis=0)
+    if col_minima:
+        col_min = jnp.min(sq_valid, axis=0)
+    else:
+        # The barrier keeps XLA from turning this into a second reduction over sq_valid.
+        col_min = jnp.min(jax.lax.optimization_barrier(row_min))
     if scale_dist:
         d = jnp.where(valid, jnp.sqrt(jnp.maximum(sq, _MIN_SQ)), 0.0)
         sum_dw = jnp.dot(jnp.sum(d, axis=0), t.w)
@@ -258,31 +265,14 @@ def _pass2_block(q: _Queries, t: _Targets, row_shift: Array, col_shift: Array, u
 
 
 def _block_terms(u: Array, t: _Targets, row_shift: Array, col_shift: Array, unit: Array,
-                 opts: DriftOptions, axis_name=None, one_exp: bool = False):
+                 opts: DriftOptions, axis_name=None):
     """`_pass2_block`'s terms from the block's u [N, b] (+inf on invalid pairs).
 
-    Returns (row sums R [T, N], accumulators [T, N, D + 1], acc_scale): the accumulators
-    are to be multiplied by acc_scale [T, N] when it is not None (the caller folds this
-    into its accumulation).
-
-    one_exp (normalize 'both', single device, and only where the call is not vmapped: a
-    `lax.cond` under vmap runs both branches): blocks whose shifts allow it take
-    `_one_exp_terms`, the others the two-exp form below.
+    Returns (row sums R [T, N], accumulators [T, N, D + 1], None); `_one_exp_block`
+    returns the accumulators unscaled and their factor [T, N] in the last place.
     """
     kappas = _kappas(opts)
     hp = jax.lax.Precision.HIGHEST
-    if one_exp and opts.normalize == 'both' and axis_name is None:
-        block_min = jnp.min(jnp.where(t.w > 0, col_shift, jnp.inf))
-        block_min = jnp.where(jnp.isfinite(block_min), block_min, 0.0)
-        spread = jnp.maximum(jnp.max(row_shift), jnp.max(col_shift)) - block_min
-        fits = unit * max(kappas) * spread <= _ONE_EXP_MAX_SPREAD
-
-        def two_exp():
-            row_sums, accs, _ = _block_terms(u, t, row_shift, col_shift, unit, opts)
-            return row_sums, accs, jnp.ones(row_sums.shape, row_sums.dtype)
-
-        return jax.lax.cond(
-            fits, lambda: _one_exp_terms(u, t, row_shift, block_min, unit, opts), two_exp)
     if opts.normalize == 'none':
         row_sums = jnp.zeros((len(kappas), u.shape[0]), jnp.float32)
         accs = [jnp.dot(g * t.w, t.aug, precision=hp) for g in _exp_family(u, unit, kappas)]
@@ -315,10 +305,43 @@ def _block_terms(u: Array, t: _Targets, row_shift: Array, col_shift: Array, unit
     return row_sums, jnp.stack(accs), None
 
 
-# The one-exp form is used when k (shift - m) is at most this for every row and column
+# The one-exp form is exact when k (shift - m) is at most this for every row and column
 # shift (m: the block's smallest u). Then every entry within e^-30 of its row's or column's
 # peak has H >= e^-87, float32's smallest normal: nothing that matters underflows.
 _ONE_EXP_MAX_SPREAD = 57.0
+
+
+def _one_exp_block(u: Array, t: _Targets, row_shift: Array, block_min: Array, unit: Array,
+                   opts: DriftOptions):
+    """`_block_terms` ('both', one device, not under vmap: a `lax.cond` under vmap runs both
+    branches) with one exponential per entry where the block's shifts allow it.
+
+    Args: as `_block_terms`, but the block's smallest u [] instead of its column minima.
+
+    Returns (row sums [T, N], unscaled accumulators [T, N, D + 1], their factor [T, N],
+    exact []). The rows are checked before (their shifts are known): blocks whose rows do
+    not fit take the two-exp terms (with column minima of their own). The columns are
+    checked after, from the column sums of H: column j's peak is at least its sum / N, so
+    a sum of at least N e^-57 means k (c_j - m) <= 57 (`_ONE_EXP_MAX_SPREAD`) without
+    the column minima c. Where a column fails, `exact` is False and the caller must
+    compute the field again without one-exp terms (rare: it takes a column whose
+    nearest query is far beyond the block's nearest pair).
+    """
+    k_max = unit * max(_kappas(opts))
+    rows_fit = k_max * (jnp.max(row_shift) - block_min) <= _ONE_EXP_MAX_SPREAD
+    col_floor = u.shape[0] * math.exp(-_ONE_EXP_MAX_SPREAD)
+
+    def two_exp():
+        col_shift = _finite_shift(jnp.min(u, axis=0))
+        row_sums, accs, _ = _block_terms(u, t, row_shift, col_shift, unit, opts)
+        return row_sums, accs, jnp.ones(row_sums.shape, row_sums.dtype), jnp.array(True)
+
+    def one_exp():
+        row_sums, accs, scales, col_sums = _one_exp_terms(u, t, row_shift, block_min, unit,
+                                                          opts)
+        return row_sums, accs, scales, jnp.all((col_sums >= col_floor) | (t.w <= 0))
+
+    return jax.lax.cond(rows_fit, one_exp, two_exp)
 
 
 def _one_exp_terms(u: Array, t: _Targets, row_shift: Array, block_min: Array, unit: Array,
@@ -332,24 +355,25 @@ def _one_exp_terms(u: Array, t: _Targets, row_shift: Array, block_min: Array, un
     So R_i = a_i^2 sum_j H_ij, and the field's matmul is H [y | 1] with the rows of [y | 1]
     scaled by w_j / sqrt(sum_i H_ij), its [N, D + 1] result by a_i (returned as acc_scale
     for the caller to fold into its accumulation). The caller checks that no entry that
-    matters underflows (`_ONE_EXP_MAX_SPREAD`).
+    matters underflows (`_one_exp_block`). Also returns the column sums of H [T, b].
     """
     hp = jax.lax.Precision.HIGHEST
     kappas = _kappas(opts)
     # The barrier keeps H materialised once: XLA would otherwise recompute the exp inside
     # each of its three consumers (row sum, column sum, matmul operand).
     hs = jax.lax.optimization_barrier(_exp_family(u - block_min, unit, kappas))
-    row_sums, accs, scales = [], [], []
+    row_sums, accs, scales, col_sums = [], [], [], []
     for h, kappa in zip(hs, kappas, strict=True):
         # Capped so that this branch stays finite where it does not fit: under a user's
         # vmap the cond becomes a select that evaluates it there too.
         a_sq = jnp.exp(jnp.minimum((unit * kappa) * (row_shift - block_min), 80.0))  # [N]
-        col_vec = _safe_pow(jnp.sum(h, axis=0), -0.5) * t.w                  # [b]
+        col_sums.append(jnp.sum(h, axis=0))                                    # [b]
+        col_vec = _safe_pow(col_sums[-1], -0.5) * t.w
         row_sums.append(a_sq * jnp.sum(h, axis=1))
         # The column factor scales the matmul's [b, D + 1] right operand, not H [N, b].
         accs.append(jnp.dot(h, col_vec[:, None] * t.aug, precision=hp))
         scales.append(jnp.sqrt(a_sq))
-    return jnp.stack(row_sums), jnp.stack(accs), jnp.stack(scales)
+    return jnp.stack(row_sums), jnp.stack(accs), jnp.stack(scales), jnp.stack(col_sums)
 
 
 # Blocks of up to this many [N, b] entries stack their temperatures into one field matmul

@@ -234,6 +234,39 @@ def test_one_exp_terms_are_not_used_where_they_would_underflow(monkeypatch) -> N
     assert _rel(auto, dense) < TOL
 
 
+def _far_target_block(weight_far: float):
+    """Queries near the origin and a block of 8 targets, the last one 40 away."""
+    rng = np.random.default_rng(5)
+    x = _f32(rng.normal(size=(16, 2)))
+    y = _f32(np.concatenate([rng.normal(size=(7, 2)), [[30.0, 30.0]]]))
+    q = drift_engine._make_queries(x, None, None)
+    t = drift_engine._make_targets(y, jnp.ones(8).at[7].set(weight_far), None, jnp.zeros(2))
+    u = drift_engine._block_u(q, t, 'laplace')
+    return u, t
+
+
+@pytest.mark.parametrize('weight_far,exact', [(1.0, False), (0.0, True)])
+def test_one_exp_block_flags_a_column_far_beyond_the_block_minimum(weight_far, exact) -> None:
+    """A target whose nearest query lies far beyond the block's nearest pair (k (c - m) ~
+    800) makes the block's one-exp terms inexact (unless its weight masks it)."""
+    u, t = _far_target_block(weight_far)
+    opts = DriftOptions(temperatures=(0.05,), scale_dist=False, self_mask=False)
+    row_shift = jnp.min(u, axis=1)
+    got = drift_engine._one_exp_block(u, t, row_shift, jnp.min(u), jnp.float32(1.0), opts)
+    assert bool(got[3]) is exact
+
+
+def test_blocked_field_with_a_far_target_equals_dense() -> None:
+    """The far target's block is not exact in one-exp terms, so the blocked field is
+    computed again with two-exp terms: it must equal the dense one."""
+    rng = np.random.default_rng(6)
+    x = _f32(rng.normal(size=(20, 2)))
+    y_pos = _f32(np.concatenate([rng.normal(size=(15, 2)) + 0.5, [[30.0, 30.0]]]))
+    opts = DriftOptions(temperatures=(0.05, 0.2), block_size=8)
+    dense = _field(x, y_pos, None, None, None, opts, 'dense')[0]
+    assert _rel(_field(x, y_pos, None, None, None, opts, 'blocked')[0], dense) < TOL
+
+
 def test_vmapped_public_api_keeps_finite_gradients_where_one_exp_does_not_fit() -> None:
     """A user's vmap over compute_drift_field turns the per-block cond into a select, which
     evaluates the one-exp terms even where they do not fit (the outlier): gradients (vmap
