@@ -68,17 +68,24 @@ def naive(x, y_pos, y_neg, temps, self_mask=True, paper=True):
 def library(form, block_size, temps, self_mask=True, paper=True):
     """compute_drift_field with the dense or blocked form forced (paper or simple options).
 
+    With self_mask the negatives are the queries themselves (see `inputs`), and the library
+    is called as the train step calls it, with y_neg=None (which lets the blocked form use
+    the symmetry of the negatives' distances in its first pass).
+
     form 'dense_allgroups': the dense form with every group vectorised at once (no chunks
     of groups, see drift.group_chunk), to show what the chunking buys; 'blocked_twoexp':
-    the blocked form without its one-exp block terms (drift_engine._one_exp_terms).
+    the blocked form without its one-exp block terms (drift_engine._one_exp_terms);
+    'blocked_yneg': the blocked form given the negatives explicitly (y_neg=x, so no
+    symmetric first pass).
     """
     opts = drift.DriftOptions(temperatures=temps, self_mask=self_mask, block_size=block_size,
                               scale_dist=paper, normalize_drift=paper)
+    forms = {'dense_allgroups': 'dense', 'blocked_twoexp': 'blocked', 'blocked_yneg': 'blocked'}
 
     def field(x, y_pos, y_neg):
+        no_negs = self_mask and form != 'blocked_yneg'
         _, v, coord_scale, _, _ = drift._field_scaled(
-            x, y_pos, y_neg, None, None, opts,
-            form={'dense_allgroups': 'dense', 'blocked_twoexp': 'blocked'}.get(form, form),
+            x, y_pos, None if no_negs else y_neg, None, None, opts, form=forms.get(form, form),
             chunk_groups=form != 'dense_allgroups', one_exp=form != 'blocked_twoexp')
         v = v * coord_scale[:, None, None]
         return v if x.ndim == 3 else v[0]
@@ -227,7 +234,9 @@ def main(argv=None):
                    help='temperature sets, each comma-separated')
     p.add_argument('--impls', default='naive,dense,blocked',
                    help='naive, dense, blocked, dense_allgroups (dense, groups not '
-                   'chunked), blocked_twoexp (blocked, two exps per entry everywhere)')
+                   'chunked), blocked_twoexp (blocked, two exps per entry everywhere), '
+                   'blocked_yneg (blocked, negatives passed explicitly: no symmetric first '
+                   'pass)')
     p.add_argument('--groups', type=int, default=1,
                    help='independent problems per call (the grouped [G, N, D] form)')
     p.add_argument('--options', default='paper,simple',

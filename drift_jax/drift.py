@@ -233,6 +233,8 @@ def _field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, form: str = '
     running them in chunks of `group_chunk`; `one_exp=False` keeps the blocked form of one
     group on two exponentials per entry (benchmarks).
     """
+    # No negatives given: they are the queries themselves, with unit weights.
+    neg_is_queries = y_neg is None and weights_neg is None
     x, y_pos, y_neg, w_pos, w_neg, mask_self, grouped = _prepare(
         x, y_pos, y_neg, weights_pos, weights_neg, opts)
     g, n, d = x.shape
@@ -248,8 +250,9 @@ def _field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, form: str = '
         from drift_jax import drift_blocked
 
         def one(xg, pg, ng, wp, wn, one_exp=False):
-            return drift_blocked.single_group_field(xg, pg, ng, wp, wn, opts, mask_self,
-                                                    block_size=block, one_exp=one_exp)
+            return drift_blocked.single_group_field(
+                xg, pg, ng, wp, wn, opts, mask_self, block_size=block, one_exp=one_exp,
+                neg_is_queries=neg_is_queries)
     else:
         def one(xg, pg, ng, wp, wn):
             return engine._single_group_field(xg, pg, ng, wp, wn, opts, mask_self)

@@ -67,11 +67,76 @@ def _segments(lo: int, hi: int, num_neg: int) -> list[tuple[int, int, int]]:
     return [(k, a, b) for k, a, b in cuts if b > a]
 
 
+def _symmetric_pass1(x_nd: Array, b: int, mask_self: bool, scale_dist: bool):
+    """First pass over the negatives when they are the queries themselves, with unit weights.
+
+    The [N, N] distances are symmetric. With the queries cut into nb tiles of b (padded),
+    the tile pairs (J - k mod nb, J) for k = 0 .. nb // 2 hold every pair (i, j) or its
+    mirror (j, i): for each column tile J, the rows of the nb // 2 + 1 tiles ending at J (a
+    cyclic window), about half the entries of the whole matrix in [rows, b] blocks like
+    the other passes'. A block's row minima belong to its rows, its column minima (by
+    symmetry) to the rows of tile J; its distance sum counts twice, except for the tiles
+    k = 0 and k = nb / 2, whose mirrors are in the blocks already.
+
+    Args:
+      x_nd: the queries (= the negatives) [N, D]; b: the negative blocks' size.
+      mask_self, scale_dist: as in `single_group_field` / the options.
+
+    Returns:
+      (row minima of sq over the negatives [nb * b] (+inf on padding), sum of d over the
+      valid negative pairs []).
+    """
+    n, d = x_nd.shape
+    nb = -(-n // b)
+    p, span = nb * b, (nb // 2 + 1) * b
+    index = jnp.arange(p)
+    xp = jnp.pad(x_nd, ((0, p - n), (0, 0)))
+    # The rows twice over, so that every cyclic window is one contiguous slice.
+    q = engine._make_queries(jnp.concatenate([xp, xp]), None, None)
+    t = engine._make_targets(xp, (index < n).astype(jnp.float32), index, jnp.zeros((d,)))
+    t = jax.tree.map(lambda a: a.reshape((nb, b) + a.shape[1:]), t)
+    row_index = jnp.concatenate([index, index])
+    # Tile k of the window (k = nb // 2 - its position) counts once or twice.
+    k = nb // 2 - jnp.arange(span) // b
+    weight = jnp.where((k == 0) | (2 * k == nb), 1.0, 2.0)
+
+    def window(a, start):
+        return jax.lax.dynamic_slice_in_dim(a, start, span) if a is not None else None
+
+    def step(row_min, blk):
+        tile, col = blk
+        start = (col - nb // 2) % nb * b
+        rows = jax.tree.map(lambda a: window(a, start), q)
+        r_index = window(row_index, start)
+        sq = engine._pair_sq(rows, tile)                                  # [span, b]
+        valid = (r_index < n)[:, None] & (tile.w > 0)[None, :]
+        if mask_self:
+            valid = valid & (r_index[:, None] != tile.index[None, :])
+        sq_valid = jnp.where(valid, sq, jnp.inf)
+        # Row minima go to the window's rows (in the doubled index), column minima to
+        # the rows of tile `col`.
+        seen = jax.lax.dynamic_slice_in_dim(row_min, start, span)
+        row_min = jax.lax.dynamic_update_slice_in_dim(
+            row_min, jnp.minimum(seen, jnp.min(sq_valid, axis=1)), start, 0)
+        seen = jax.lax.dynamic_slice_in_dim(row_min, col * b, b)
+        row_min = jax.lax.dynamic_update_slice_in_dim(
+            row_min, jnp.minimum(seen, jnp.min(sq_valid, axis=0)), col * b, 0)
+        if scale_dist:
+            dist = jnp.where(valid, jnp.sqrt(jnp.maximum(sq, engine._MIN_SQ)), 0.0)
+            return row_min, jnp.dot(weight, jnp.sum(dist, axis=1))
+        return row_min, jnp.zeros((), jnp.float32)
+
+    init = jnp.full((2 * p,), jnp.inf, jnp.float32)
+    row_min, sums = jax.lax.scan(step, init, (t, jnp.arange(nb)))
+    return jnp.minimum(row_min[:p], row_min[p:]), jnp.sum(sums)
+
+
 def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_neg: Array,
                        opts: drift.DriftOptions, mask_self: bool, *,
                        q_valid: Array | None = None, q_offset: Array | int = 0,
                        n_total: int | None = None, axis_name: str | None = None,
-                       block_size: int | None = None, one_exp: bool = False):
+                       block_size: int | None = None, one_exp: bool = False,
+                       neg_is_queries: bool = False):
     """Field for one group in scaled coordinates, streaming over blocks of targets.
 
     Same arguments and result as `engine._single_group_field`: x_nd [N, D], y_pos [M+, D],
@@ -82,7 +147,9 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
     drift_sharded): real rows [N], global index of row 0, global real rows, mesh axis.
     one_exp: let blocks use one exponential per entry where their shifts allow it
     (`engine._one_exp_terms`; a `lax.cond` per block, so only for calls that are not
-    vmapped).
+    vmapped). neg_is_queries: y_neg is x_nd itself with unit weights (the caller passed no
+    negatives); with one_exp the first pass then uses the symmetry of the negatives'
+    distances (`_symmetric_pass1`).
     """
     n, d = x_nd.shape
     n_total = n if n_total is None else n_total
@@ -124,10 +191,20 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
             r, c, sdw = engine._pass1_block(q, t, opts.scale_dist, col_minima=not one_exp)
             return (jnp.minimum(row_min, r), sum_dw + sdw), c
 
-        carries, col_mins = [], []
-        for stream in targets:
-            carry = (jnp.full((n,), jnp.inf, jnp.float32), jnp.zeros((), jnp.float32))
-            for t in stream:
+        init = (jnp.full((n,), jnp.inf, jnp.float32), jnp.zeros((), jnp.float32))
+        carries, col_mins = [init], []
+        if one_exp and neg_is_queries:
+            # The negatives' part from the symmetric tiles; a negative block's smallest
+            # distance is the smallest row minimum among its own rows (by symmetry).
+            neg_row_min, neg_sum = _symmetric_pass1(x_nd, b, mask_self, opts.scale_dist)
+            carries.append((neg_row_min[:n], neg_sum))
+            neg_block_min = jnp.min(neg_row_min.reshape(-1, b), axis=1)          # [nb-]
+        for stream, stream_targets in zip(segments, targets, strict=True):
+            carry = init
+            for (set_id, lo, hi), t in zip(stream, stream_targets, strict=True):
+                if set_id == 0 and one_exp and neg_is_queries:
+                    col_mins.append(neg_block_min[lo:hi])
+                    continue
                 carry, c = jax.lax.scan(pass1, carry, t)
                 col_mins.append(c)
             carries.append(carry)

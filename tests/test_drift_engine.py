@@ -136,7 +136,7 @@ def test_benchmark_naive_baseline_equals_library(paper: bool) -> None:
     x, y_pos, y_neg, self_mask = bench.inputs(48, 112, 6)
     temps = PAPER if paper else (0.05,)
     want = bench.naive(x, y_pos, y_neg, temps, self_mask, paper)
-    for form in ('dense', 'blocked', 'blocked_twoexp'):
+    for form in ('dense', 'blocked', 'blocked_twoexp', 'blocked_yneg'):
         got = jax.jit(bench.library(form, 16, temps, self_mask, paper))(x, y_pos, y_neg)
         assert _rel(got, want) < 1e-4, form
 
@@ -265,6 +265,41 @@ def test_blocked_field_with_a_far_target_equals_dense() -> None:
     opts = DriftOptions(temperatures=(0.05, 0.2), block_size=8)
     dense = _field(x, y_pos, None, None, None, opts, 'dense')[0]
     assert _rel(_field(x, y_pos, None, None, None, opts, 'blocked')[0], dense) < TOL
+
+
+@pytest.mark.parametrize('n,d,b,mask_self', [(37, 2, 8, True), (40, 12, 8, True),
+                                              (24, 3, 8, False), (7, 2, 8, True),
+                                              (50, 16, 5, True)])
+def test_symmetric_first_pass_equals_column_blocks(n, d, b, mask_self) -> None:
+    """The negatives' first pass from symmetric tiles (5 / 5 / 3 / 1 / 10 tiles: odd, even,
+    one) gives the row minima and distance sum of the plain pass over column blocks."""
+    x = jnp.asarray(np.random.default_rng(n).normal(size=(n, d)), jnp.float32)
+    q = drift_engine._make_queries(x, None, jnp.arange(n) if mask_self else None)
+    t = drift_engine._make_targets(x, jnp.ones(n), jnp.arange(n) if mask_self else None,
+                                   jnp.zeros(d))
+    want_min, _, want_sum = drift_engine._pass1_block(q, t, True)
+    got_min, got_sum = jax.jit(drift_blocked._symmetric_pass1, static_argnums=(1, 2, 3))(
+        x, b, mask_self, True)
+    assert got_min.shape == (-(-n // b) * b,) and np.isinf(got_min[n:]).all()
+    np.testing.assert_allclose(got_min[:n], want_min, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_sum, want_sum, rtol=1e-6)
+
+
+@pytest.mark.parametrize('temps', [(0.05,), PAPER])
+def test_blocked_without_negatives_uses_symmetric_pass_and_equals_dense(temps,
+                                                                         monkeypatch) -> None:
+    """y_neg=None (the queries are the negatives) takes the symmetric first pass in the
+    one-group blocked form, and the field equals the dense one."""
+    rng = np.random.default_rng(11)
+    x, y_pos = _f32(rng.normal(size=(45, 3))), _f32(rng.normal(size=(30, 3)) + 0.4)
+    calls = []
+    real = drift_blocked._symmetric_pass1
+    monkeypatch.setattr(drift_blocked, '_symmetric_pass1',
+                        lambda *a: calls.append(a[1:]) or real(*a))
+    opts = DriftOptions(temperatures=temps, block_size=8)
+    got = _field(x, y_pos, None, None, None, opts, 'blocked')[0]
+    assert calls == [(8, True, True)]
+    assert _rel(got, _field(x, y_pos, None, None, None, opts, 'dense')[0]) < TOL
 
 
 def test_vmapped_public_api_keeps_finite_gradients_where_one_exp_does_not_fit() -> None:
