@@ -313,7 +313,9 @@ def compute_drift_field(
     Args:
       x: queries (the generated samples), [N, D] or grouped [G, N, D]; any float dtype.
       y_pos: positives (data), [M+, D] or [G, M+, D].
-      y_neg: negatives, [M-, D] or [G, M-, D]; None uses x itself, self-masked.
+      y_neg: negatives, [M-, D] or [G, M-, D]; None uses x itself, self-masked (prefer
+        None to passing x: the blocked form then halves its first pass over them by the
+        symmetry of their distances).
       weights_pos: per-positive weights, [M+] or [G, M+] (default ones).
       weights_neg: per-negative weights, [M-] or [G, M-] (default ones); classifier-free
         guidance gives unconditional reals the weight (alpha - 1)(N_gen - 1) / N_uncond.
