@@ -3,7 +3,8 @@
 A scan over blocks of targets computes the kernel sums and the field's matmuls; each
 block holds every query, so its column statistics are exact. Row shifts come from a first
 scan (with the distance scale) or, without scale normalisation, are running minima
-(online softmax). Memory is O(N * (block + T * D)).
+(online softmax). When the negatives are the queries themselves, the first scan over them
+uses the symmetry of their distances (`_symmetric_pass1`). Memory is O(N * (block + T * D)).
 """
 
 from __future__ import annotations
@@ -176,14 +177,15 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
 
     num_t = len(opts.temperatures)
     # Log-sum-exp shifts. With a first pass (needed for the distance scale): its exact row
-    # and column minima. Without scale normalisation and with one temperature the first
-    # pass is skipped: row shifts are running minima, and what was accumulated under an
-    # older (larger) shift is rescaled when a block lowers it (online softmax); a block
-    # holds every query, so its column minima are exact. (With several temperatures the
-    # per-block rescaling of [T, N, D + 1] accumulators costs more than a first pass.)
+    # and column minima (for one-exp blocks, each block's smallest u). Without scale
+    # normalisation and with one temperature the first pass is skipped: row shifts are
+    # running minima, and what was accumulated under an older (larger) shift is rescaled
+    # when a block lowers it (online softmax); a block holds every query, so its column
+    # minima are exact. (With several temperatures the per-block rescaling of
+    # [T, N, D + 1] accumulators costs more than a first pass.)
     online = not opts.scale_dist and num_t == 1 and opts.normalize != 'none'
     # One-exp block terms need each block's smallest u, not its column minima (see
-    # `engine._one_exp_or_two`): the first pass gathers only that.
+    # `engine._one_exp_block`): the first pass gathers only that.
     one_exp = one_exp and opts.normalize == 'both' and axis_name is None
     if not online and (opts.scale_dist or opts.normalize != 'none'):
         def pass1(carry, t):
