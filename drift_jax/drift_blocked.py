@@ -257,9 +257,8 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
                                                        opts)
             a, exact = a_scale[..., None] * a, exact & fit
         else:
-            r, a, _ = engine._block_terms(u, t, engine._finite_shift(shift),
-                                          engine._finite_shift(col_shift), unit, opts,
-                                          axis_name)
+            r, a = engine._block_terms(u, t, engine._finite_shift(shift),
+                                       engine._finite_shift(col_shift), unit, opts, axis_name)
         accs = tuple(acc + a if k == set_id else acc for k, acc in enumerate(accs))
         return (shift, row_sums + r, accs, exact), None
 

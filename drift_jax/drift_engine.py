@@ -259,24 +259,22 @@ def _pass2_block(q: _Queries, t: _Targets, row_shift: Array, col_shift: Array, u
     Returns:
       (row sums R [T, N] of this block, accumulators [T, N, D + 1] = G [y | 1]).
     """
-    row_sums, accs, acc_scale = _block_terms(_block_u(q, t, opts.kernel), t, row_shift,
-                                             col_shift, unit, opts, axis_name)
-    return row_sums, accs if acc_scale is None else acc_scale[..., None] * accs
+    return _block_terms(_block_u(q, t, opts.kernel), t, row_shift, col_shift, unit, opts,
+                        axis_name)
 
 
 def _block_terms(u: Array, t: _Targets, row_shift: Array, col_shift: Array, unit: Array,
                  opts: DriftOptions, axis_name=None):
     """`_pass2_block`'s terms from the block's u [N, b] (+inf on invalid pairs).
 
-    Returns (row sums R [T, N], accumulators [T, N, D + 1], None); `_one_exp_block`
-    returns the accumulators unscaled and their factor [T, N] in the last place.
+    Returns (row sums R [T, N], accumulators [T, N, D + 1]).
     """
     kappas = _kappas(opts)
     hp = jax.lax.Precision.HIGHEST
     if opts.normalize == 'none':
         row_sums = jnp.zeros((len(kappas), u.shape[0]), jnp.float32)
         accs = [jnp.dot(g * t.w, t.aug, precision=hp) for g in _exp_family(u, unit, kappas)]
-        return row_sums, jnp.stack(accs), None
+        return row_sums, jnp.stack(accs)
     # Shifted copies of u; the reductions below see no broadcasts (XLA:CPU hands such
     # reductions to its fast library kernels only when every operand is a full array).
     d_row = u - row_shift[:, None]
@@ -284,7 +282,7 @@ def _block_terms(u: Array, t: _Targets, row_shift: Array, col_shift: Array, unit
         es = _exp_family(d_row, unit, kappas)
         row_sums = jnp.stack([jnp.sum(e, axis=1) for e in es])
         accs = [jnp.dot(e * t.w, t.aug, precision=hp) for e in es]
-        return row_sums, jnp.stack(accs), None
+        return row_sums, jnp.stack(accs)
     d_col = u - col_shift[None, :]
     # Half-rate exps e = exp(-k d_row / 2), f = exp(-k d_col / 2): R = sum e^2,
     # C = sum f^2 and G = e f, two exps per entry instead of three.
@@ -300,9 +298,9 @@ def _block_terms(u: Array, t: _Targets, row_shift: Array, col_shift: Array, unit
     if u.size <= _STACKED_DOT_MAX_ENTRIES:
         # Small blocks (many small groups): one [T N, b] x [b, D + 1] product instead of T.
         weighted = jnp.stack([g * c for g, c in zip(gs, col_factor, strict=True)])
-        return row_sums, jnp.einsum('tnb,bk->tnk', weighted, t.aug, precision=hp), None
+        return row_sums, jnp.einsum('tnb,bk->tnk', weighted, t.aug, precision=hp)
     accs = [jnp.dot(g * c, t.aug, precision=hp) for g, c in zip(gs, col_factor, strict=True)]
-    return row_sums, jnp.stack(accs), None
+    return row_sums, jnp.stack(accs)
 
 
 # The one-exp form is exact when k (shift - m) is at most this for every row and column
@@ -333,7 +331,7 @@ def _one_exp_block(u: Array, t: _Targets, row_shift: Array, block_min: Array, un
 
     def two_exp():
         col_shift = _finite_shift(jnp.min(u, axis=0))
-        row_sums, accs, _ = _block_terms(u, t, row_shift, col_shift, unit, opts)
+        row_sums, accs = _block_terms(u, t, row_shift, col_shift, unit, opts)
         return row_sums, accs, jnp.ones(row_sums.shape, row_sums.dtype), jnp.array(True)
 
     def one_exp():
