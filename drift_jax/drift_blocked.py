@@ -233,7 +233,7 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
         delta = jnp.where(jnp.isfinite(shift), shift - new_shift, 0.0)
         return jnp.exp(-acc_rate * rates[:, None] * delta), jnp.exp(-rates[:, None] * delta)
 
-    def block(set_id, one_exp, carry, blk):
+    def block(set_id, two_exp_only, carry, blk):
         shift, row_sums, accs, exact = carry
         t, col_shift = blk
         u = engine._block_u(q, t, opts.kernel)
@@ -254,7 +254,7 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
         if one_exp:
             r, a, a_scale, fit = engine._one_exp_block(u, t, engine._finite_shift(shift),
                                                        engine._finite_shift(col_shift), unit,
-                                                       opts)
+                                                       opts, two_exp_only)
             a, exact = a_scale[..., None] * a, exact & fit
         else:
             r, a = engine._block_terms(u, t, engine._finite_shift(shift),
@@ -262,7 +262,7 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
         accs = tuple(acc + a if k == set_id else acc for k, acc in enumerate(accs))
         return (shift, row_sums + r, accs, exact), None
 
-    def pass2(one_exp, col_shifts):
+    def pass2(two_exp_only=False):
         """(row sums [T, N], accumulators [T, N, D + 1] of both sets, exact [])."""
         outs = []
         for stream, stream_targets, stream_shifts in zip(segments, targets, col_shifts,
@@ -271,7 +271,7 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
                      (jnp.zeros((num_t, n, d + 1), jnp.float32),) * 2, jnp.array(True))
             for (set_id, _, _), t, c in zip(stream, stream_targets, stream_shifts,
                                             strict=True):
-                carry = jax.lax.scan(functools.partial(block, set_id, one_exp), carry,
+                carry = jax.lax.scan(functools.partial(block, set_id, two_exp_only), carry,
                                      (t, c))[0]
             outs.append(carry)
         if online:
@@ -285,13 +285,22 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
                 sum(o[2][1] for o in outs), functools.reduce(jnp.logical_and,
                                                              [o[3] for o in outs]))
 
-    row_sums, acc_neg, acc_pos, exact = pass2(one_exp, col_shifts)
     if one_exp:
-        # Where a block's one-exp terms were not exact, all blocks again without them (the
-        # column minima, which the first pass skipped, come from each block).
-        row_sums, acc_neg, acc_pos = jax.lax.cond(
-            exact, lambda: (row_sums, acc_neg, acc_pos),
-            lambda: pass2(False, [[None] * len(stream) for stream in targets])[:3])
+        # Where a block's one-exp terms were not exact, all blocks again with two-exp terms
+        # (their column minima, which the first pass skipped, come from each block). Two
+        # attempts in a scan share one compiled pass; the second runs only when needed.
+        def attempt(carry, second):
+            def run():
+                out = pass2(two_exp_only=second)
+                return out[:3], out[3]
+            return jax.lax.cond(second & carry[1], lambda: carry, run), None
+
+        zeros = (jnp.zeros((num_t, n), jnp.float32),) + (
+            jnp.zeros((num_t, n, d + 1), jnp.float32),) * 2
+        (row_sums, acc_neg, acc_pos), _ = jax.lax.scan(
+            attempt, (zeros, jnp.array(False)), jnp.array([False, True]))[0]
+    else:
+        row_sums, acc_neg, acc_pos, _ = pass2()
     return engine._finish(row_sums, acc_neg, acc_pos, scale, coord_scale, n_total, opts,
                           axis_name)
 

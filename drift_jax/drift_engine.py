@@ -310,7 +310,7 @@ _ONE_EXP_MAX_SPREAD = 57.0
 
 
 def _one_exp_block(u: Array, t: _Targets, row_shift: Array, block_min: Array, unit: Array,
-                   opts: DriftOptions):
+                   opts: DriftOptions, two_exp_only: Array | bool = False):
     """`_block_terms` ('both', one device, not under vmap: a `lax.cond` under vmap runs both
     branches) with one exponential per entry where the block's shifts allow it.
 
@@ -323,10 +323,13 @@ def _one_exp_block(u: Array, t: _Targets, row_shift: Array, block_min: Array, un
     a sum of at least N e^-57 means k (c_j - m) <= 57 (`_ONE_EXP_MAX_SPREAD`) without
     the column minima c. Where a column fails, `exact` is False and the caller must
     compute the field again without one-exp terms (rare: it takes a column whose
-    nearest query is far beyond the block's nearest pair).
+    nearest query is far beyond the block's nearest pair): two_exp_only (a traced bool,
+    so that both attempts share one compiled body) makes every block take the two-exp
+    terms.
     """
     k_max = unit * max(_kappas(opts))
     rows_fit = k_max * (jnp.max(row_shift) - block_min) <= _ONE_EXP_MAX_SPREAD
+    rows_fit = rows_fit & jnp.logical_not(two_exp_only)
     col_floor = u.shape[0] * math.exp(-_ONE_EXP_MAX_SPREAD)
 
     def two_exp():
