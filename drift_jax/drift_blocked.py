@@ -92,11 +92,14 @@ def _symmetric_pass1(x_nd: Array, b: int, mask_self: bool, scale_dist: bool):
     p, span = nb * b, (nb // 2 + 1) * b
     index = jnp.arange(p)
     xp = jnp.pad(x_nd, ((0, p - n), (0, 0)))
-    # The rows twice over, so that every cyclic window is one contiguous slice.
-    q = engine._make_queries(jnp.concatenate([xp, xp]), None, None)
-    t = engine._make_targets(xp, (index < n).astype(jnp.float32), index, jnp.zeros((d,)))
+    # The rows twice over, so that every cyclic window is one contiguous slice; padding
+    # rows are not real queries and padding columns have weight 0.
+    twice = jnp.concatenate([index, index])
+    q = engine._make_queries(jnp.concatenate([xp, xp]), twice < n,
+                             twice if mask_self else None)
+    t = engine._make_targets(xp, (index < n).astype(jnp.float32),
+                             index if mask_self else None, jnp.zeros((d,)))
     t = jax.tree.map(lambda a: a.reshape((nb, b) + a.shape[1:]), t)
-    row_index = jnp.concatenate([index, index])
     # Tile k of the window (k = nb // 2 - its position) counts once or twice.
     k = nb // 2 - jnp.arange(span) // b
     weight = jnp.where((k == 0) | (2 * k == nb), 1.0, 2.0)
@@ -108,11 +111,8 @@ def _symmetric_pass1(x_nd: Array, b: int, mask_self: bool, scale_dist: bool):
         tile, col = blk
         start = (col - nb // 2) % nb * b
         rows = jax.tree.map(lambda a: window(a, start), q)
-        r_index = window(row_index, start)
         sq = engine._pair_sq(rows, tile)                                  # [span, b]
-        valid = (r_index < n)[:, None] & (tile.w > 0)[None, :]
-        if mask_self:
-            valid = valid & (r_index[:, None] != tile.index[None, :])
+        valid = engine._pair_valid(rows, tile)
         sq_valid = jnp.where(valid, sq, jnp.inf)
         # Row minima go to the window's rows (in the doubled index), column minima to
         # the rows of tile `col`.
@@ -244,13 +244,13 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
             row_sums = row_sums * f_row
             accs = tuple(a * f_acc[:, :, None] for a in accs)
             shift = new_shift
-        if col_shift is None:
-            if one_exp:      # the block's smallest u
-                col_shift = jnp.min(block_row_min) if online else jnp.min(u)
-            else:
-                col_shift = jnp.min(u, axis=0)
-                if axis_name is not None:
-                    col_shift = jax.lax.pmin(col_shift, axis_name)
+        if col_shift is None and one_exp:
+            # Online (one-exp blocks have a first pass otherwise): the block's smallest u.
+            col_shift = jnp.min(block_row_min)
+        elif col_shift is None:
+            col_shift = jnp.min(u, axis=0)
+            if axis_name is not None:
+                col_shift = jax.lax.pmin(col_shift, axis_name)
         if one_exp:
             r, a, a_scale, fit = engine._one_exp_block(u, t, engine._finite_shift(shift),
                                                        engine._finite_shift(col_shift), unit,
