@@ -15,6 +15,16 @@ import os
 import shutil
 import tempfile
 
+# XLA:CPU's lowest backend (LLVM) optimisation level: the suite is mostly compiles of tiny
+# programs, and at -O0 it ran in 468 s against 636 s here (2 cores, 2026-12-01); the few
+# tests that train for a while run somewhat slower. Subprocesses inherit it (tests that set
+# XLA_FLAGS for them append to it). Set DRIFT_JAX_TEST_FULL_OPT=1, or give the flag in
+# XLA_FLAGS yourself, to test at XLA's default level.
+_OPT_FLAG = '--xla_backend_optimization_level'
+if (os.environ.get('DRIFT_JAX_TEST_FULL_OPT', '0') != '1'
+        and _OPT_FLAG not in os.environ.get('XLA_FLAGS', '')):
+    os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_OPT_FLAG}=0".strip()
+
 _CACHE_DIR = None
 _OWNER = False   # This process made the folder (and removes it).
 if os.environ.get('DRIFT_JAX_TEST_COMPILATION_CACHE', '1') != '0':

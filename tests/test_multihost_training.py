@@ -31,7 +31,8 @@ TINY = ['--config.model.width=32', '--config.model.noise_dim=8', '--config.train
 def _env(devices: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(('DRIFT_JAX_', 'SLURM_'))}
     env['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, env.get('PYTHONPATH')) if p)
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+    env['XLA_FLAGS'] = (f"--xla_force_host_platform_device_count={devices} "
+                        f"{os.environ.get('XLA_FLAGS', '')}")
     env['JAX_PLATFORMS'] = 'cpu'
     return env
 

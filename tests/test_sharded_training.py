@@ -42,8 +42,8 @@ def test_sharded_training_matches_single_device(tmp_path):
 
 
 def test_batch_not_divisible_by_data_devices_fails_fast(tmp_path):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-               JAX_PLATFORMS='cpu')
+    env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
+        f"--xla_force_host_platform_device_count=8 {os.environ.get('XLA_FLAGS', '')}"))
     out = subprocess.run([sys.executable, '-m', 'drift_jax.main', f'--workdir={tmp_path}/w',
                           *ARGS, '--config.mesh.data=8'], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
