@@ -332,7 +332,8 @@ def compute_drift_field(
       x: queries (the generated samples), [N, D] or grouped [G, N, D]; any float dtype.
         Pass several independent problems grouped rather than vmapping this function: under
         a vmap the blocked form's per-block `lax.cond`s become selects that compute both
-        branches.
+        branches. The field is differentiable in x, y_pos, y_neg and the weights; the
+        blocked form's derivatives (JVPs, gradients) run its two-exp terms.
       y_pos: positives (data), [M+, D] or [G, M+, D].
       y_neg: negatives, [M-, D] or [G, M-, D]; None uses x itself, self-masked (prefer
         None to passing x: the blocked form then halves its first pass over them by the

@@ -285,13 +285,14 @@ def test_symmetric_first_pass_equals_column_blocks(n, d, b, mask_self) -> None:
     np.testing.assert_allclose(got_sum, want_sum, rtol=1e-6)
 
 
-@pytest.mark.parametrize('temps', [(0.05,), PAPER])
-def test_blocked_without_negatives_uses_symmetric_pass_and_equals_dense(temps,
+@pytest.mark.parametrize('temps,m', [((0.05,), 30), (PAPER, 30), ((0.05,), 90)])
+def test_blocked_without_negatives_uses_symmetric_pass_and_equals_dense(temps, m,
                                                                          monkeypatch) -> None:
     """y_neg=None (the queries are the negatives) takes the symmetric first pass in the
-    one-group blocked form, and the field equals the dense one."""
+    one-group blocked form, and the field equals the dense one (also with 90 positives:
+    12 blocks against 6 negative ones, so that the first stream holds positives too)."""
     rng = np.random.default_rng(11)
-    x, y_pos = _f32(rng.normal(size=(45, 3))), _f32(rng.normal(size=(30, 3)) + 0.4)
+    x, y_pos = _f32(rng.normal(size=(45, 3))), _f32(rng.normal(size=(m, 3)) + 0.4)
     calls = []
     real = drift_blocked._symmetric_pass1
     monkeypatch.setattr(drift_blocked, '_symmetric_pass1',
