@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from _xla_flags import with_fake_devices
 
 from drift_jax import distributed
 from drift_jax.distributed import DistributedSpec, detect
@@ -341,8 +342,7 @@ def test_survivor_aborts_after_heartbeat_timeout_when_peer_dies(tmp_path):
     port = _free_port()
     procs = []
     for i in range(2):
-        env = _env(JAX_PLATFORMS='cpu', XLA_FLAGS=(
-            f"--xla_force_host_platform_device_count=2 {os.environ.get('XLA_FLAGS', '')}"),
+        env = _env(JAX_PLATFORMS='cpu', XLA_FLAGS=with_fake_devices(2),
                    DRIFT_JAX_COORDINATOR=f'127.0.0.1:{port}', DRIFT_JAX_NUM_PROCESSES='2',
                    DRIFT_JAX_PROCESS_ID=str(i), PYTHONUNBUFFERED='1')
         procs.append(subprocess.Popen(

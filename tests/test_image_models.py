@@ -16,8 +16,6 @@ from drift_jax import image_models as im
 
 IMAGE_SHAPES = [(8, 8, 1), (28, 28, 1), (32, 32, 3)]
 NUM_CLASSES = 10
-# Compiling at XLA's lowest backend optimisation level roughly halves compile time here.
-jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
 
 
 def _config(name, **kw):
@@ -58,7 +56,7 @@ def _random_params(model, noise, labels, alpha, seed=0):
 def _real_init(model):
     """The module's own init (rbg keys compile several times faster than threefry)."""
     noise, labels, alpha = _inputs(model)
-    return jit(model.init)(jax.random.key(1, impl='rbg'), noise, labels, alpha)
+    return jax.jit(model.init)(jax.random.key(1, impl='rbg'), noise, labels, alpha)
 
 
 @pytest.mark.parametrize('name', ['conv', 'dit', 'mlp'])
@@ -70,7 +68,7 @@ def test_generator_shapes_and_conditioning(name, image_shape):
         model = im.make_image_generator(_config(name), image_shape, NUM_CLASSES)
     noise, labels, alpha = _inputs(model)
     params = _random_params(model, noise, labels, alpha)
-    apply = jit(lambda p, n, lab, a: model.apply({'params': p}, n, lab, a))
+    apply = jax.jit(lambda p, n, lab, a: model.apply({'params': p}, n, lab, a))
     out = apply(params, noise, labels, alpha)
     assert out.shape == (3, *image_shape) and out.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(out))) and float(jnp.max(jnp.abs(out))) <= 1.0
@@ -96,7 +94,7 @@ def test_gradients_finite_and_nonzero(name):
     def loss(p):
         return jnp.mean(model.apply({'params': p}, noise, labels, alpha) ** 2)
 
-    grads = jit(jax.grad(loss))(params)
+    grads = jax.jit(jax.grad(loss))(params)
     leaves = jax.tree.leaves(grads)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
     # Every parameter tensor receives some gradient (none is disconnected), except the
@@ -112,7 +110,7 @@ def test_initial_dit_samples_vary_with_noise():
     """With the module's own adaLN-zero init, samples already differ across noise draws."""
     model = im.make_image_generator(_config('dit'), (8, 8, 1), NUM_CLASSES)
     noise, labels, alpha = _inputs(model)
-    out = jit(model.apply)(_real_init(model), noise, labels, alpha)
+    out = jax.jit(model.apply)(_real_init(model), noise, labels, alpha)
     assert bool(jnp.all(jnp.isfinite(out)))
     assert float(jnp.std(out, axis=0).mean()) > 1e-2
 
@@ -132,7 +130,7 @@ def test_dit_patch_tokens_are_row_major_patches():
     its own noise token: changing token 1 changes exactly the top-right patch."""
     model = im.make_image_generator(_config('dit'), (8, 8, 1), NUM_CLASSES)
     noise, labels, alpha = _inputs(model)
-    apply = jit(model.apply)
+    apply = jax.jit(model.apply)
     out = np.asarray(apply(_real_init(model), noise, labels, alpha))
     changed = np.asarray(apply(_real_init(model), noise.at[:, 1].set(0.0), labels, alpha))
     diff = (np.abs(changed - out) > 0).any(axis=(0, 3))

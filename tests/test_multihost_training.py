@@ -18,6 +18,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from _xla_flags import with_fake_devices
 
 from drift_jax import train, writers
 
@@ -31,8 +32,7 @@ TINY = ['--config.model.width=32', '--config.model.noise_dim=8', '--config.train
 def _env(devices: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(('DRIFT_JAX_', 'SLURM_'))}
     env['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, env.get('PYTHONPATH')) if p)
-    env['XLA_FLAGS'] = (f"--xla_force_host_platform_device_count={devices} "
-                        f"{os.environ.get('XLA_FLAGS', '')}")
+    env['XLA_FLAGS'] = with_fake_devices(devices)
     env['JAX_PLATFORMS'] = 'cpu'
     return env
 

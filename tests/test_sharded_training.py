@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from _xla_flags import with_fake_devices
 
 from drift_jax import writers
 
@@ -19,9 +20,7 @@ ARGS = ['--config=configs/spiral.py', '--config.train.steps=20', '--config.model
 
 
 def _train(workdir: str, devices: int, *extra: str) -> dict[int, float]:
-    # Lowest backend optimisation level: faster compiles, the same for both runs compared.
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
-               '--xla_backend_optimization_level=0', JAX_PLATFORMS='cpu')
+    env = dict(os.environ, XLA_FLAGS=with_fake_devices(devices), JAX_PLATFORMS='cpu')
     env['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, env.get('PYTHONPATH')) if p)
     out = subprocess.run([sys.executable, '-m', 'drift_jax.main', f'--workdir={workdir}',
                           *ARGS, *extra], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -42,8 +41,7 @@ def test_sharded_training_matches_single_device(tmp_path):
 
 
 def test_batch_not_divisible_by_data_devices_fails_fast(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
-        f"--xla_force_host_platform_device_count=8 {os.environ.get('XLA_FLAGS', '')}"))
+    env = dict(os.environ, XLA_FLAGS=with_fake_devices(8), JAX_PLATFORMS='cpu')
     out = subprocess.run([sys.executable, '-m', 'drift_jax.main', f'--workdir={tmp_path}/w',
                           *ARGS, '--config.mesh.data=8'], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
