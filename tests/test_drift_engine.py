@@ -162,6 +162,27 @@ def test_benchmark_grouped_case_agrees_across_impls(monkeypatch) -> None:
         bench.main(['--repeats', '2', '--rounds', '2'])
 
 
+def test_contention_summary_percentiles_speedups_and_correlations() -> None:
+    """benchmarks/contention.py's summary of per-iteration timings (synthetic rows)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+    try:
+        import contention
+    finally:
+        sys.path.pop(0)
+    rows = [{'matmul': 10.0 + i, 'exp_in_cache': 30.0 - i, 'memory_stream': 5.0,
+             'blocked': 100.0 + 10 * i, 'naive': 400.0} for i in range(11)]
+    s = contention.summarize(rows)
+    np.testing.assert_allclose(s['blocked'], [110.0, 150.0, 190.0])
+    np.testing.assert_allclose(s['speedup'], [400 / 190, 400 / 150, 400 / 110])
+    assert s['at_least_3x'] == 4 / 11          # blocked 100, 110, 120 and 130 ms
+    corr = s['correlation_with_blocked']
+    np.testing.assert_allclose([corr['matmul'], corr['exp_in_cache']], [1.0, -1.0])
+    assert np.isnan(corr['memory_stream']) and np.isnan(corr['naive'])
+    assert contention.summarize(rows[:1])['speedup'] == [4.0] * 3
+    with pytest.raises(SystemExit):
+        contention.main(['--iters', '0'])
+
+
 def test_blocked_bf16_inputs_equal_dense() -> None:
     x, y_pos, _, _, _, _ = _inputs('default-odd-sizes')
     xb, yb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(y_pos, jnp.bfloat16)

@@ -1,0 +1,137 @@
+"""How this machine's speed moves: kinds of work timed side by side, over and over.
+
+On a shared machine the arithmetic throughput a process gets can drop for a while (another
+tenant on the same physical cores, or a lower clock) while memory bandwidth hardly
+changes. Compute-bound code (matmuls, exponentials in cache: the blocked drifting field)
+then slows far more than memory-bound code (the naive dense field, which streams several
+N x M matrices through memory), so the ratio of the two depends on when it is measured.
+
+Each iteration times, one after another: the blocked field's distance matmuls alone (a
+scan of [4096, 66] x [66, 128] products), exponentials on 1 MB in cache, a 256 MB memory
+stream, and the blocked and naive fields (4096 x 8192, D=64, one temperature, paper
+options; each gets a warm-up call first, as in `drift_field.py`'s rounds). The summary
+gives each kind's 10th / 50th / 90th percentile, the same for the per-iteration speed-up
+naive / blocked (timed seconds apart) with the fraction of iterations at 3x or more, and
+how the blocked field's time correlates with the other kinds'.
+
+    python benchmarks/contention.py --iters 80 --json /tmp/contention.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import drift_field as bench  # noqa: E402
+
+KINDS = ('matmul', 'exp_in_cache', 'memory_stream', 'blocked', 'naive')
+
+
+def _timer(f, args, warm):
+    """() -> wall ms of one call of compiled f (after a warm-up call when warm)."""
+    def run():
+        if warm:
+            jax.block_until_ready(f(*args))
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        return 1e3 * (time.perf_counter() - t0)
+    return run
+
+
+def make_timers(n: int = 4096, m: int = 8192, d: int = 64, temps=(0.05,)):
+    """{kind: () -> ms} for KINDS (the fields at n queries x m targets, dimension d)."""
+    x, y_pos, y_neg, self_mask = bench.inputs(n, m, d)
+    fields = {}
+    for impl in ('blocked', 'naive'):
+        if impl == 'naive':
+            def fn(x, yp, yn):
+                return bench.naive(x, yp, yn, temps, self_mask, True)
+        else:
+            fn = bench.library(impl, None, temps, self_mask, True)
+        fields[impl] = jax.jit(fn).lower(x, y_pos, y_neg).compile()
+    small = jax.random.normal(jax.random.key(3), (256, 1024))                    # 1 MB
+    exp = jax.jit(lambda s: jax.lax.fori_loop(
+        0, 200, lambda i, s: jnp.exp(-jnp.abs(s)) + 0.5 * s, s)).lower(small).compile()
+    big = jax.random.normal(jax.random.key(4), (64, 1024, 1024))                 # 256 MB
+    stream = jax.jit(lambda g: jnp.sum(1.5 * g + 1.0)).lower(big).compile()
+    a = jax.random.normal(jax.random.key(7), (n, d + 2))
+    b = jax.random.normal(jax.random.key(8), (m // 128, 128, d + 2))
+    mm = jax.jit(lambda a, b: jax.lax.scan(lambda c, bk: (c + jnp.sum(a @ bk.T), None),
+                                           jnp.zeros(()), b)[0]).lower(a, b).compile()
+    timers = {'matmul': _timer(mm, (a, b), warm=False),
+              'exp_in_cache': _timer(exp, (small,), warm=False),
+              'memory_stream': _timer(stream, (big,), warm=False)}
+    for impl, f in fields.items():
+        timers[impl] = _timer(f, (x, y_pos, y_neg), warm=True)
+    return timers
+
+
+def _percentiles(values) -> list[float]:
+    """[10th, 50th, 90th] percentile of values."""
+    q = statistics.quantiles(values, n=10, method='inclusive') if len(values) > 1 else []
+    return [q[0], statistics.median(values), q[-1]] if q else [values[0]] * 3
+
+
+def summarize(rows: list[dict]) -> dict:
+    """{kind: [p10, p50, p90] ms} for KINDS, 'speedup': [p10, p50, p90] of naive / blocked per
+    iteration, 'at_least_3x': the fraction of iterations with a speed-up >= 3, and
+    'correlation_with_blocked': {kind: Pearson r over the iterations} (3+ iterations)."""
+    out = {k: _percentiles([r[k] for r in rows]) for k in KINDS}
+    ratios = [r['naive'] / r['blocked'] for r in rows]
+    out['speedup'] = _percentiles(ratios)
+    out['at_least_3x'] = sum(v >= 3 for v in ratios) / len(ratios)
+    if len(rows) > 2:
+        blocked = [r['blocked'] for r in rows]
+        out['correlation_with_blocked'] = {
+            k: _correlation([r[k] for r in rows], blocked) for k in KINDS if k != 'blocked'}
+    return out
+
+
+def _correlation(a: list[float], b: list[float]) -> float:
+    """Pearson r of a and b (nan where either is constant)."""
+    if len(set(a)) < 2 or len(set(b)) < 2:
+        return float('nan')
+    return statistics.correlation(a, b)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--iters', type=int, default=60, help='iterations (about 1.5 s each)')
+    p.add_argument('--json', default=None, help='write the rows and the summary here')
+    args = p.parse_args(argv)
+    if args.iters < 1:
+        p.error(f'--iters must be >= 1, got {args.iters}')
+    timers = make_timers()
+    for t in timers.values():
+        t()
+    rows = []
+    print('iter ' + ' '.join(f'{k:>13s}' for k in KINDS) + '  naive/blocked  (ms)')
+    for i in range(args.iters):
+        rows.append({k: timers[k]() for k in KINDS})
+        r = rows[-1]
+        print(f'{i:4d} ' + ' '.join(f'{r[k]:13.1f}' for k in KINDS)
+              + f'  {r["naive"] / r["blocked"]:13.2f}', flush=True)
+    summary = summarize(rows)
+    print('percentiles 10 / 50 / 90 (ms): ' + ', '.join(
+        f'{k} ' + ' / '.join(f'{v:.1f}' for v in summary[k]) for k in KINDS))
+    print('speed-up naive / blocked per iteration: '
+          + ' / '.join(f'{v:.2f}' for v in summary['speedup'])
+          + f'; at least 3x in {100 * summary["at_least_3x"]:.0f}% of the iterations')
+    if 'correlation_with_blocked' in summary:
+        print('correlation with the blocked field\'s time: ' + ', '.join(
+            f'{k} {v:.2f}' for k, v in summary['correlation_with_blocked'].items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps({'rows': rows, 'summary': summary}, indent=1))
+    return rows, summary
+
+
+if __name__ == '__main__':
+    main()
