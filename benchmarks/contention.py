@@ -14,7 +14,8 @@ gives each kind's 10th / 50th / 90th percentile, the same for the per-iteration 
 naive / blocked (timed seconds apart) with the fraction of iterations at 3x or more, and
 how the blocked field's time correlates with the other kinds'.
 
-    python benchmarks/contention.py --iters 80 --json /tmp/contention.json
+    python benchmarks/contention.py --iters 80 --json /tmp/contention.json --plot /tmp/c.png
+    python benchmarks/contention.py --replot /tmp/contention.json --plot docs/contention.png
 """
 
 from __future__ import annotations
@@ -102,23 +103,60 @@ def _correlation(a: list[float], b: list[float]) -> float:
     return statistics.correlation(a, b)
 
 
+def plot(rows: list[dict], path: str) -> str:
+    """Two panels over the iterations: each kind's time over its own median, and the speed-up
+    naive / blocked with the 3x line. Writes a PNG to path and returns path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 5.2), dpi=110)
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    it = range(len(rows))
+    for k in KINDS:
+        values = [r[k] for r in rows]
+        med = statistics.median(values)
+        top.plot(it, [v / med for v in values], '.-', lw=0.8, ms=3,
+                 label=f'{k} (median {med:.0f} ms)')
+    top.axhline(1.0, color='grey', lw=0.6)
+    low, high = top.get_ylim()
+    top.set_ylim(low, high + 0.45 * (high - low))      # room for the legend
+    top.set_ylabel('time / own median')
+    top.legend(fontsize=7, ncol=3, loc='upper left')
+    top.set_title('4096 x 8192, D=64, one temperature: calls timed seconds apart', fontsize=9)
+    ratios = [r['naive'] / r['blocked'] for r in rows]
+    bottom.plot(it, ratios, 'o-', ms=3, lw=0.8, color='tab:purple')
+    bottom.axhline(3.0, color='tab:red', ls='--', lw=0.8, label='3x')
+    bottom.set_ylabel('naive / blocked')
+    bottom.set_xlabel('iteration')
+    bottom.legend(fontsize=7, loc='lower left')
+    fig.tight_layout()
+    if Path(path).parent != Path('.'):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format='png')
+    return path
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--iters', type=int, default=60, help='iterations (about 1.5 s each)')
+    p.add_argument('--iters', type=int, default=60, help='iterations (about 2.5 s each)')
     p.add_argument('--json', default=None, help='write the rows and the summary here')
+    p.add_argument('--plot', default=None, help='write a PNG of the iterations here')
+    p.add_argument('--replot', default=None,
+                   help="summarize and plot the rows of an earlier run's --json file "
+                   '(no timing)')
     args = p.parse_args(argv)
     if args.iters < 1:
         p.error(f'--iters must be >= 1, got {args.iters}')
-    timers = make_timers()
-    for t in timers.values():
-        t()
-    rows = []
-    print('iter ' + ' '.join(f'{k:>13s}' for k in KINDS) + '  naive/blocked  (ms)')
-    for i in range(args.iters):
-        rows.append({k: timers[k]() for k in KINDS})
-        r = rows[-1]
-        print(f'{i:4d} ' + ' '.join(f'{r[k]:13.1f}' for k in KINDS)
-              + f'  {r["naive"] / r["blocked"]:13.2f}', flush=True)
+    if args.replot:
+        try:
+            rows = json.loads(Path(args.replot).read_text())['rows']
+        except (OSError, ValueError, KeyError) as e:
+            p.error(f'--replot {args.replot}: not a contention.py --json file ({e})')
+        if not rows or any(set(KINDS) - set(r) for r in rows):
+            p.error(f'--replot {args.replot}: rows need the keys {", ".join(KINDS)}')
+    else:
+        rows = measure(args.iters)
     summary = summarize(rows)
     print('percentiles 10 / 50 / 90 (ms): ' + ', '.join(
         f'{k} ' + ' / '.join(f'{v:.1f}' for v in summary[k]) for k in KINDS))
@@ -130,7 +168,24 @@ def main(argv=None):
             f'{k} {v:.2f}' for k, v in summary['correlation_with_blocked'].items()))
     if args.json:
         Path(args.json).write_text(json.dumps({'rows': rows, 'summary': summary}, indent=1))
+    if args.plot:
+        print('plot:', plot(rows, args.plot))
     return rows, summary
+
+
+def measure(iters: int) -> list[dict]:
+    """Times KINDS iters times over (printing each iteration); returns the rows."""
+    timers = make_timers()
+    for t in timers.values():
+        t()
+    rows = []
+    print('iter ' + ' '.join(f'{k:>13s}' for k in KINDS) + '  naive/blocked  (ms)')
+    for i in range(iters):
+        rows.append({k: timers[k]() for k in KINDS})
+        r = rows[-1]
+        print(f'{i:4d} ' + ' '.join(f'{r[k]:13.1f}' for k in KINDS)
+              + f'  {r["naive"] / r["blocked"]:13.2f}', flush=True)
+    return rows
 
 
 if __name__ == '__main__':

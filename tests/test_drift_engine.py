@@ -183,6 +183,28 @@ def test_contention_summary_percentiles_speedups_and_correlations() -> None:
         contention.main(['--iters', '0'])
 
 
+def test_contention_replot_writes_summary_and_png(tmp_path, capsys) -> None:
+    """--replot summarizes an earlier --json file and --plot draws it; a file without the
+    rows' keys is refused with its name."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+    try:
+        import contention
+    finally:
+        sys.path.pop(0)
+    rows = [{'matmul': 30.0, 'exp_in_cache': 13.0, 'memory_stream': 14.0 + i,
+             'blocked': 120.0 + 40 * (i % 2), 'naive': 420.0} for i in range(6)]
+    src = tmp_path / 'c.json'
+    src.write_text(json.dumps({'rows': rows}))
+    png = tmp_path / 'sub' / 'c.png'
+    _, summary = contention.main(['--replot', str(src), '--plot', str(png)])
+    assert summary['at_least_3x'] == 0.5 and png.stat().st_size > 10_000
+    assert 'at least 3x in 50% of the iterations' in capsys.readouterr().out
+    src.write_text(json.dumps({'rows': [{'matmul': 1.0}]}))
+    with pytest.raises(SystemExit):
+        contention.main(['--replot', str(src)])
+    assert 'rows need the keys' in capsys.readouterr().err
+
+
 def test_blocked_bf16_inputs_equal_dense() -> None:
     x, y_pos, _, _, _, _ = _inputs('default-odd-sizes')
     xb, yb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(y_pos, jnp.bfloat16)
