@@ -25,6 +25,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -36,7 +37,7 @@ import drift_field as bench  # noqa: E402
 KINDS = ('matmul', 'exp_in_cache', 'memory_stream', 'blocked', 'naive')
 
 
-def _timer(f, args, warm):
+def _timer(f: Callable, args: tuple, warm: bool) -> Callable[[], float]:
     """() -> wall ms of one call of compiled f (after a warm-up call when warm)."""
     def run():
         if warm:
@@ -47,7 +48,8 @@ def _timer(f, args, warm):
     return run
 
 
-def make_timers(n: int = 4096, m: int = 8192, d: int = 64, temps=(0.05,)):
+def make_timers(n: int = 4096, m: int = 8192, d: int = 64,
+                temps: tuple[float, ...] = (0.05,)) -> dict[str, Callable[[], float]]:
     """{kind: () -> ms} for KINDS (the fields at n queries x m targets, dimension d)."""
     x, y_pos, y_neg, self_mask = bench.inputs(n, m, d)
     fields = {}
@@ -75,7 +77,7 @@ def make_timers(n: int = 4096, m: int = 8192, d: int = 64, temps=(0.05,)):
     return timers
 
 
-def _percentiles(values) -> list[float]:
+def _percentiles(values: list[float]) -> list[float]:
     """[10th, 50th, 90th] percentile of values."""
     q = statistics.quantiles(values, n=10, method='inclusive') if len(values) > 1 else []
     return [q[0], statistics.median(values), q[-1]] if q else [values[0]] * 3
@@ -137,7 +139,7 @@ def plot(rows: list[dict], path: str) -> str:
     return path
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> tuple[list[dict], dict]:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--iters', type=int, default=60, help='iterations (about 2.5 s each)')
     p.add_argument('--json', default=None, help='write the rows and the summary here')
