@@ -34,6 +34,8 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import drift_field as bench  # noqa: E402
 
+from drift_jax import plotting  # noqa: E402  (drift_field put the repo on the path)
+
 KINDS = ('matmul', 'exp_in_cache', 'memory_stream', 'blocked', 'naive')
 
 
@@ -108,11 +110,7 @@ def _correlation(a: list[float], b: list[float]) -> float:
 def plot(rows: list[dict], path: str) -> str:
     """Two panels over the iterations: each kind's time over its own median, and the speed-up
     naive / blocked with the 3x line. Writes a PNG to path and returns path."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 5.2), dpi=110)
-    FigureCanvasAgg(fig)
+    fig = plotting._new_figure(figsize=(9, 5.2), dpi=110)
     top, bottom = fig.subplots(2, 1, sharex=True)
     it = range(len(rows))
     for k in KINDS:
@@ -133,10 +131,7 @@ def plot(rows: list[dict], path: str) -> str:
     bottom.set_xlabel('iteration')
     bottom.legend(fontsize=7, loc='lower left')
     fig.tight_layout()
-    if Path(path).parent != Path('.'):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format='png')
-    return path
+    return plotting._save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> tuple[list[dict], dict]:

@@ -179,8 +179,28 @@ def test_contention_summary_percentiles_speedups_and_correlations() -> None:
     np.testing.assert_allclose([corr['matmul'], corr['exp_in_cache']], [1.0, -1.0])
     assert np.isnan(corr['memory_stream']) and np.isnan(corr['naive'])
     assert contention.summarize(rows[:1])['speedup'] == [4.0] * 3
+
+
+def test_contention_refuses_bad_arguments_with_messages(tmp_path, capsys) -> None:
+    """--iters below 1 and a --replot file that is missing or not JSON exit with a usage
+    message naming the problem (before anything is compiled)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+    try:
+        import contention
+    finally:
+        sys.path.pop(0)
     with pytest.raises(SystemExit):
         contention.main(['--iters', '0'])
+    assert '--iters must be >= 1, got 0' in capsys.readouterr().err
+    missing = tmp_path / 'missing.json'
+    with pytest.raises(SystemExit):
+        contention.main(['--replot', str(missing)])
+    assert f'--replot {missing}: not a contention.py --json file' in capsys.readouterr().err
+    garbled = tmp_path / 'garbled.json'
+    garbled.write_text('{not json')
+    with pytest.raises(SystemExit):
+        contention.main(['--replot', str(garbled)])
+    assert 'not a contention.py --json file' in capsys.readouterr().err
 
 
 def test_contention_replot_writes_summary_and_png(tmp_path, capsys) -> None:
