@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from drift_jax import drift  # noqa: E402
+from drift_jax import field as field_lib  # noqa: E402
 
 PAPER = (0.02, 0.05, 0.2)
 
@@ -73,18 +73,18 @@ def library(form, block_size, temps, self_mask=True, paper=True):
     the symmetry of the negatives' distances in its first pass).
 
     form 'dense_allgroups': the dense form with every group vectorised at once (no chunks
-    of groups, see drift.group_chunk), to show what the chunking buys; 'blocked_twoexp':
-    the blocked form without its one-exp block terms (drift_engine._one_exp_terms);
+    of groups, see field_lib.group_chunk), to show what the chunking buys; 'blocked_twoexp':
+    the blocked form without its one-exp block terms (engine.one_exp_terms);
     'blocked_yneg': the blocked form given the negatives explicitly (y_neg=x, so no
     symmetric first pass).
     """
-    opts = drift.DriftOptions(temperatures=temps, self_mask=self_mask, block_size=block_size,
+    opts = field_lib.DriftOptions(temperatures=temps, self_mask=self_mask, block_size=block_size,
                               scale_dist=paper, normalize_drift=paper)
     forms = {'dense_allgroups': 'dense', 'blocked_twoexp': 'blocked', 'blocked_yneg': 'blocked'}
 
     def field(x, y_pos, y_neg):
         no_negs = self_mask and form != 'blocked_yneg'
-        _, v, coord_scale, _, _ = drift._field_scaled(
+        _, v, coord_scale, _, _ = field_lib.driver.field_scaled(
             x, y_pos, None if no_negs else y_neg, None, None, opts, form=forms.get(form, form),
             chunk_groups=form != 'dense_allgroups', one_exp=form != 'blocked_twoexp')
         v = v * coord_scale[:, None, None]

@@ -96,7 +96,7 @@ def sweep(task, state, alphas, per_class: int, seed: int):
     """Records (one per alpha) and the evaluator's reference numbers on real test images."""
     import jax
 
-    from drift_jax import image_eval
+    from drift_jax.eval import images as image_eval
     data, cfg = task.data, task.config
     train_x, train_y = data.class_arrays('train')
     test_split = 'test' if 'test' in data.info.split_sizes else 'validation'

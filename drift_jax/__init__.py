@@ -11,16 +11,16 @@ import importlib
 __version__ = '0.1.0'
 
 _EXPORTS = {
-    'compute_drift_field': 'drift_jax.drift',
-    'drift_loss': 'drift_jax.drift',
-    'DriftOptions': 'drift_jax.drift',
+    'compute_drift_field': 'drift_jax.field',
+    'drift_loss': 'drift_jax.field',
+    'DriftOptions': 'drift_jax.field',
     'train_and_evaluate': 'drift_jax.train',
     'make_train_step': 'drift_jax.train',
     'create_train_state': 'drift_jax.train',
     'sample': 'drift_jax.train',
     'load_run': 'drift_jax.train',
     'make_task': 'drift_jax.train',
-    'energy_distance': 'drift_jax.metrics',
+    'energy_distance': 'drift_jax.eval.points',
 }
 
 __all__ = sorted(_EXPORTS)

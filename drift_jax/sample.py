@@ -67,7 +67,8 @@ def main(argv):
     else:
         if x.ndim != 4:
             raise app.UsageError('.png output is for image samples; use .npy or .csv.')
-        from drift_jax import image_task, plotting
+        from drift_jax import plotting
+        from drift_jax.tasks import images as image_task
         plotting.image_grid(image_task.upscale(x), out)
     print(f'drift_jax: wrote {x.shape[0]} samples of shape {x.shape[1:]} to {out}')
 

@@ -24,12 +24,14 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from drift_jax import checkpointing, data, drift, metrics, models, writers
+from drift_jax import checkpointing, data, field, writers
+from drift_jax.eval import points as metrics
+from drift_jax.models.mlp import mlp as models
 
 SCHEDULES = ('cosine', 'constant')
 # config.task -> 'module:Class' of the task ('' = this module). Tasks import lazily.
-TASKS = {'toy': ':ToyTask', 'image': 'drift_jax.image_task:ImageTask',
-         'mae': 'drift_jax.image_task:MAETask'}
+TASKS = {'toy': ':ToyTask', 'image': 'drift_jax.tasks.images:ImageTask',
+         'mae': 'drift_jax.tasks.images:MAETask'}
 
 
 @flax.struct.dataclass
@@ -144,7 +146,7 @@ class ToyTask:
         """Toy-specific checks (data, model, drift options, positives per step)."""
         data.validate_data_config(config.data)
         models.validate_model_config(config.model)
-        drift.options_from_config(config.drift)
+        field.options_from_config(config.drift)
         _positive(config.train.num_pos, 'train.num_pos', int)
         if config.model.init != 'default':
             if config.data.name != 'bimodal':
@@ -163,7 +165,7 @@ class ToyTask:
         model_cfg.out_scale = float(out_scale)
         self.model = models.make_generator(model_cfg, self.dataset.dim, out_offset=offset)
         self.noise_dim = int(config.model.noise_dim)
-        self.drift_options = drift.options_from_config(config.drift)
+        self.drift_options = field.options_from_config(config.drift)
         self.mesh = make_mesh(config.mesh)
         self.tx = make_optimizer(config.optim, config.train.steps)
 
@@ -195,15 +197,15 @@ class ToyTask:
 
 
 def drift_loss_on_mesh(x, y_pos, y_neg, opts, mesh, **weights):
-    """`drift.drift_loss`, sharded over the mesh's `data` axis when it has several devices.
+    """`field.drift_loss`, sharded over the mesh's `data` axis when it has several devices.
 
     The sharded form splits the queries over devices, gathers the targets and combines the
     query-side normalisation across devices; it equals the single-device loss.
     """
     if mesh.shape['data'] > 1:
-        from drift_jax import drift_sharded
-        return drift_sharded.sharded_drift_loss(x, y_pos, y_neg, opts, mesh, **weights)
-    return drift.drift_loss(x, y_pos, y_neg, opts, **weights)
+        from drift_jax.field import sharded
+        return sharded.sharded_drift_loss(x, y_pos, y_neg, opts, mesh, **weights)
+    return field.drift_loss(x, y_pos, y_neg, opts, **weights)
 
 
 def _task_class(name: str):

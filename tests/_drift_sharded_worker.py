@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 from jax.sharding import AxisType  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from drift_jax import drift, drift_sharded  # noqa: E402
+from drift_jax import field  # noqa: E402
+from drift_jax.field import sharded  # noqa: E402
 
 
 def rel(a, b) -> float:
@@ -48,11 +49,11 @@ def main() -> None:
     out = {}
 
     def check(name, x, y_pos, y_neg=None, mesh=mesh42, **kw):
-        opts = drift.DriftOptions(**kw.pop('opts', {}))
-        want = jax.jit(lambda *a: drift.compute_drift_field_with(
+        opts = field.DriftOptions(**kw.pop('opts', {}))
+        want = jax.jit(lambda *a: field.compute_drift_field_with(
             *a, opts, **kw))(x, y_pos, y_neg)
         with jax.set_mesh(mesh):
-            got = jax.jit(lambda *a: drift_sharded.sharded_drift_field(
+            got = jax.jit(lambda *a: sharded.sharded_drift_field(
                 *a, opts, mesh, **kw))(x, y_pos, y_neg)
         assert got.shape == want.shape and got.dtype == jnp.float32
         out[name] = rel(got, want)
@@ -92,16 +93,16 @@ def main() -> None:
     check('bf16', xb, yb)
 
     # The sharded loss and its gradient equal the single-device ones.
-    opts = drift.DriftOptions()
+    opts = field.DriftOptions()
 
     def single(a):
-        return drift.drift_loss(a, y, None, opts)[0]
+        return field.drift_loss(a, y, None, opts)[0]
 
-    def sharded(a):
-        return drift_sharded.sharded_drift_loss(a, y, None, opts, mesh42)[0]
+    def sharded_loss(a):
+        return sharded.sharded_drift_loss(a, y, None, opts, mesh42)[0]
 
-    out['loss'] = rel(jax.jit(sharded)(x), jax.jit(single)(x))
-    out['loss-grad'] = rel(jax.jit(jax.grad(sharded))(x), jax.jit(jax.grad(single))(x))
+    out['loss'] = rel(jax.jit(sharded_loss)(x), jax.jit(single)(x))
+    out['loss-grad'] = rel(jax.jit(jax.grad(sharded_loss))(x), jax.jit(jax.grad(single))(x))
     print(json.dumps(out))
 
 

@@ -11,7 +11,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from drift_jax import drift, encoders, image_models
+from drift_jax import field
+from drift_jax.models.mlp import encoders
+from drift_jax.models import image as image_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, 'configs')
@@ -40,7 +42,7 @@ def test_config_builds(name):
     for field in ('data', 'model', 'drift', 'optim', 'train', 'eval', 'mesh'):
         assert field in c, f'{name}: no {field} section'
     assert c.train.steps > 0 and c.eval.every > 0
-    drift.options_from_config(c.drift)
+    field.options_from_config(c.drift)
     task = c.get('task', 'toy')
     if task == 'toy':
         return

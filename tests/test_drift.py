@@ -1,4 +1,4 @@
-"""Specification tests for drift_jax.drift: the drifting field and the drifting loss.
+"""Specification tests for drift_jax.field: the drifting field and the drifting loss.
 
 The field is checked against a float64 NumPy reference written straight from the formula of
 DESIGN.md section 1 (explicit loop over temperatures, masked log-sum-exp softmaxes), then
@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from drift_jax import drift
-from drift_jax.drift import (
+from drift_jax import field as field_lib
+from drift_jax.field import (
     DriftOptions,
     compute_drift_field,
     drift_loss,
@@ -464,17 +464,17 @@ def test_groups_in_chunks_equal_all_groups_at_once(monkeypatch) -> None:
     kwargs['weights_neg'] = np.stack([_weights(np.random.default_rng(k), N + 4, zero_at=k)
                                       for k in range(5)])
     m = M_POS + N + 4
-    assert drift.group_chunk(5, N, m, backend='gpu') == 5
+    assert field_lib.group_chunk(5, N, m, backend='gpu') == 5
 
     def run():
         v, stats = field(x, y_pos, y_neg, return_stats=True, **kwargs)
         return np.asarray(v), stats, float(loss_fn(x, y_pos, y_neg, **kwargs)[0])
 
-    monkeypatch.setattr(drift, 'GROUP_CHUNK_ENTRIES', 10**9)
-    assert drift.group_chunk(5, N, m, backend='cpu') == 5
+    monkeypatch.setattr(field_lib.driver, 'GROUP_CHUNK_ENTRIES', 10**9)
+    assert field_lib.group_chunk(5, N, m, backend='cpu') == 5
     v_all, stats_all, loss_all = run()
-    monkeypatch.setattr(drift, 'GROUP_CHUNK_ENTRIES', 2 * N * m)
-    assert drift.group_chunk(5, N, m, backend='cpu') == 2
+    monkeypatch.setattr(field_lib.driver, 'GROUP_CHUNK_ENTRIES', 2 * N * m)
+    assert field_lib.group_chunk(5, N, m, backend='cpu') == 2
     v_chunked, stats_chunked, loss_chunked = run()
     np.testing.assert_allclose(v_chunked, v_all, rtol=1e-6, atol=1e-7 * np.abs(v_all).max())
     assert loss_chunked == pytest.approx(loss_all, rel=1e-6)

@@ -19,8 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from drift_jax import drift, drift_blocked, drift_engine
-from drift_jax.drift import DriftOptions, compute_drift_field
+from drift_jax import field
+from drift_jax.field import blocked
+from drift_jax.field import engine
+from drift_jax.field import DriftOptions, compute_drift_field
 
 PAPER = (0.02, 0.05, 0.2)
 TOL = 1e-5
@@ -29,7 +31,7 @@ TOL = 1e-5
 @functools.partial(jax.jit, static_argnames=('opts', 'form'))
 def _field(x, y_pos, y_neg, w_pos, w_neg, opts, form):
     """(V [G, N, D] in the input's coordinates, stats) of the forced form."""
-    _, v, scale, stats, _ = drift._field_scaled(x, y_pos, y_neg, w_pos, w_neg, opts,
+    _, v, scale, stats, _ = field.driver.field_scaled(x, y_pos, y_neg, w_pos, w_neg, opts,
                                                 form=form)
     return v * scale[:, None, None], stats
 
@@ -149,7 +151,7 @@ def test_benchmark_grouped_case_agrees_across_impls(monkeypatch) -> None:
         import drift_field as bench
     finally:
         sys.path.pop(0)
-    monkeypatch.setattr(drift, 'GROUP_CHUNK_ENTRIES', 2 * 12 * 40)
+    monkeypatch.setattr(field.driver, 'GROUP_CHUNK_ENTRIES', 2 * 12 * 40)
     records = bench.run_case(12, 40, 5, PAPER, ['naive', 'dense_allgroups', 'dense'], None,
                              3, groups=3, rounds=2)
     assert [r['impl'] for r in records] == ['naive', 'dense_allgroups', 'dense']
@@ -157,7 +159,7 @@ def test_benchmark_grouped_case_agrees_across_impls(monkeypatch) -> None:
         assert r['groups'] == 3 and r['max_rel_diff'] < 1e-4, r
         assert len(r['round_ms']) == 2 and len(r['speedup_rounds']) == 2, r
     assert records[0]['speedup_rounds'] == [1.0, 1.0]
-    assert drift.GROUP_CHUNK_ENTRIES == 2 * 12 * 40
+    assert field.GROUP_CHUNK_ENTRIES == 2 * 12 * 40
     with pytest.raises(SystemExit):   # 2 x 2 < 5 timed runs
         bench.main(['--repeats', '2', '--rounds', '2'])
 
@@ -250,7 +252,7 @@ SPREADS = {'one-exp': float('inf'), 'two-exp': -1.0}
 
 def _blocked_with_spread(monkeypatch, spread: float, x, y_pos, y_neg, w_pos, w_neg, opts):
     """The blocked field traced afresh with `_ONE_EXP_MAX_SPREAD` set to `spread`."""
-    monkeypatch.setattr(drift_engine, '_ONE_EXP_MAX_SPREAD', spread)
+    monkeypatch.setattr(engine, 'ONE_EXP_MAX_SPREAD', spread)
     return jax.jit(lambda *a: _field.__wrapped__(*a, opts, 'blocked'))(
         x, y_pos, y_neg, w_pos, w_neg)
 
@@ -259,7 +261,7 @@ def _blocked_with_spread(monkeypatch, spread: float, x, y_pos, y_neg, w_pos, w_n
 @pytest.mark.parametrize('case', ['default-odd-sizes', 'paper-temps-block-1',
                                   'no-power-plan-temps', 'online-block-1-selfmask'])
 def test_blocked_one_exp_and_two_exp_terms_equal_dense(case, spread, monkeypatch) -> None:
-    """Both block terms of the one-group blocked form (`engine._one_exp_terms` and the
+    """Both block terms of the one-group blocked form (`engine.one_exp_terms` and the
     two-exp form it falls back to) equal the dense field."""
     x, y_pos, y_neg, w_pos, w_neg, kw = _inputs(case)
     opts = DriftOptions(**kw)
@@ -289,7 +291,7 @@ def test_one_exp_terms_are_not_used_where_they_would_underflow(monkeypatch) -> N
     x, y_pos, y_neg, kw = _outlier_inputs()
     opts = DriftOptions(**kw)
     dense = _field(x, y_pos, y_neg, None, None, opts, 'dense')[0]
-    default = drift_engine._ONE_EXP_MAX_SPREAD
+    default = engine.ONE_EXP_MAX_SPREAD
     forced = _blocked_with_spread(monkeypatch, SPREADS['one-exp'], x, y_pos, y_neg, None,
                                   None, opts)[0]
     assert not np.isfinite(np.asarray(forced)).all() or not _rel(forced, dense) < 1e-2
@@ -302,9 +304,9 @@ def _far_target_block(weight_far: float):
     rng = np.random.default_rng(5)
     x = _f32(rng.normal(size=(16, 2)))
     y = _f32(np.concatenate([rng.normal(size=(7, 2)), [[30.0, 30.0]]]))
-    q = drift_engine._make_queries(x, None, None)
-    t = drift_engine._make_targets(y, jnp.ones(8).at[7].set(weight_far), None, jnp.zeros(2))
-    u = drift_engine._block_u(q, t, 'laplace')
+    q = engine.make_queries(x, None, None)
+    t = engine.make_targets(y, jnp.ones(8).at[7].set(weight_far), None, jnp.zeros(2))
+    u = engine.block_u(q, t, 'laplace')
     return u, t
 
 
@@ -315,7 +317,7 @@ def test_one_exp_block_flags_a_column_far_beyond_the_block_minimum(weight_far, e
     u, t = _far_target_block(weight_far)
     opts = DriftOptions(temperatures=(0.05,), scale_dist=False, self_mask=False)
     row_shift = jnp.min(u, axis=1)
-    got = drift_engine._one_exp_block(u, t, row_shift, jnp.min(u), jnp.float32(1.0), opts)
+    got = engine.one_exp_block(u, t, row_shift, jnp.min(u), jnp.float32(1.0), opts)
     assert bool(got[3]) is exact
 
 
@@ -337,11 +339,11 @@ def test_symmetric_first_pass_equals_column_blocks(n, d, b, mask_self) -> None:
     """The negatives' first pass from symmetric tiles (5 / 5 / 3 / 1 / 10 tiles: odd, even,
     one) gives the row minima and distance sum of the plain pass over column blocks."""
     x = jnp.asarray(np.random.default_rng(n).normal(size=(n, d)), jnp.float32)
-    q = drift_engine._make_queries(x, None, jnp.arange(n) if mask_self else None)
-    t = drift_engine._make_targets(x, jnp.ones(n), jnp.arange(n) if mask_self else None,
+    q = engine.make_queries(x, None, jnp.arange(n) if mask_self else None)
+    t = engine.make_targets(x, jnp.ones(n), jnp.arange(n) if mask_self else None,
                                    jnp.zeros(d))
-    want_min, _, want_sum = drift_engine._pass1_block(q, t, True)
-    got_min, got_sum = jax.jit(drift_blocked._symmetric_pass1, static_argnums=(1, 2, 3))(
+    want_min, _, want_sum = engine.pass1_block(q, t, True)
+    got_min, got_sum = jax.jit(blocked.symmetric_pass1, static_argnums=(1, 2, 3))(
         x, b, mask_self, True)
     assert got_min.shape == (-(-n // b) * b,) and np.isinf(got_min[n:]).all()
     np.testing.assert_allclose(got_min[:n], want_min, rtol=1e-5, atol=1e-6)
@@ -357,8 +359,8 @@ def test_blocked_without_negatives_uses_symmetric_pass_and_equals_dense(temps, m
     rng = np.random.default_rng(11)
     x, y_pos = _f32(rng.normal(size=(45, 3))), _f32(rng.normal(size=(m, 3)) + 0.4)
     calls = []
-    real = drift_blocked._symmetric_pass1
-    monkeypatch.setattr(drift_blocked, '_symmetric_pass1',
+    real = blocked.symmetric_pass1
+    monkeypatch.setattr(blocked, 'symmetric_pass1',
                         lambda *a: calls.append(a[1:]) or real(*a))
     opts = DriftOptions(temperatures=temps, block_size=8)
     got = _field(x, y_pos, None, None, None, opts, 'blocked')[0]
@@ -411,8 +413,8 @@ def test_one_exp_forward_two_exp_derivatives(monkeypatch) -> None:
     x, y_pos, _, _, _, _ = _inputs('default-odd-sizes')
     opts = DriftOptions(temperatures=(0.05, 0.2), block_size=8)
     traced = []
-    real = drift_blocked.single_group_field
-    monkeypatch.setattr(drift_blocked, 'single_group_field',
+    real = blocked.single_group_field
+    monkeypatch.setattr(blocked, 'single_group_field',
                         lambda *a, **k: traced.append(k['one_exp']) or real(*a, **k))
 
     def field(a):
@@ -425,7 +427,7 @@ def test_one_exp_forward_two_exp_derivatives(monkeypatch) -> None:
     assert traced == [False]
     assert _rel(primal, forward) < TOL and np.isfinite(np.asarray(tangent)).all()
     traced.clear()
-    loss_grad = jax.jit(jax.grad(lambda a: drift.drift_loss(a, y_pos, None, opts)[0]))(x)
+    loss_grad = jax.jit(jax.grad(lambda a: field.drift_loss(a, y_pos, None, opts)[0]))(x)
     assert traced == [True] and np.isfinite(np.asarray(loss_grad)).all()
 
 
@@ -436,30 +438,30 @@ def test_one_exp_forward_two_exp_derivatives(monkeypatch) -> None:
 def test_select_block_size_memory_threshold() -> None:
     # Off CPU only the memory estimate decides.
     t = 3
-    per_entry = drift.dense_memory_bytes(1, 1, 1, t)
-    limit_entries = drift.DENSE_MEMORY_LIMIT_BYTES // per_entry
+    per_entry = field.dense_memory_bytes(1, 1, 1, t)
+    limit_entries = field.DENSE_MEMORY_LIMIT_BYTES // per_entry
     n = 4096
     m_fits = limit_entries // n
-    assert drift.select_block_size(1, n, m_fits, 64, t, backend='gpu') is None
-    block = drift.select_block_size(1, n, m_fits + 1, 64, t, backend='gpu')
+    assert field.select_block_size(1, n, m_fits, 64, t, backend='gpu') is None
+    block = field.select_block_size(1, n, m_fits + 1, 64, t, backend='gpu')
     assert isinstance(block, int) and block > 0
     # Groups count: two groups of half the size need as much as one of the full size.
-    assert drift.select_block_size(2, n, m_fits // 2 + 1, 64, t, backend='gpu')
-    assert drift.select_block_size(1, 65536, 65536, 784, t, backend='cpu')  # 2 GiB+.
+    assert field.select_block_size(2, n, m_fits // 2 + 1, 64, t, backend='gpu')
+    assert field.select_block_size(1, 65536, 65536, 784, t, backend='cpu')  # 2 GiB+.
 
 
 def test_select_block_size_speed_rule_and_explicit() -> None:
-    big = drift.BLOCKED_MIN_ENTRIES
-    assert drift.select_block_size(1, 1024, big // 1024, 2, 1, backend='cpu')
-    assert drift.select_block_size(1, 1024, big // 1024 - 1, 2, 1, backend='cpu') is None
-    assert drift.select_block_size(1, 4096, 8192, 784, 1, backend='cpu') is None
-    assert drift.select_block_size(1, 4096, 8192, 2, 1, backend='tpu') is None
-    assert drift.select_block_size(1, 8, 8, 2, 1, block_size=3, backend='cpu') == 3
+    big = field.BLOCKED_MIN_ENTRIES
+    assert field.select_block_size(1, 1024, big // 1024, 2, 1, backend='cpu')
+    assert field.select_block_size(1, 1024, big // 1024 - 1, 2, 1, backend='cpu') is None
+    assert field.select_block_size(1, 4096, 8192, 784, 1, backend='cpu') is None
+    assert field.select_block_size(1, 4096, 8192, 2, 1, backend='tpu') is None
+    assert field.select_block_size(1, 8, 8, 2, 1, block_size=3, backend='cpu') == 3
 
 
 @pytest.mark.parametrize('n,t', [(1, 1), (4096, 1), (4096, 3), (65536, 3), (10**7, 3)])
 def test_auto_block_size_bounds(n: int, t: int) -> None:
-    b = drift_blocked.auto_block_size(n, t)
+    b = blocked.auto_block_size(n, t)
     assert 16 <= b <= 4096
     assert b % 128 == 0 or (b < 128 and b & (b - 1) == 0)
 
@@ -468,13 +470,13 @@ def test_auto_block_size_bounds(n: int, t: int) -> None:
                                                      (1, 1, 2)])
 def test_streams_cover_every_block_once_within_one_set(num_neg, num_pos, streams) -> None:
     """Streams split the blocks contiguously and each segment feeds one set only."""
-    ranges = drift_blocked._stream_ranges(num_neg + num_pos, streams)
+    ranges = blocked.stream_ranges(num_neg + num_pos, streams)
     assert len(ranges) == min(streams, num_neg + num_pos)
     sizes = [hi - lo for lo, hi in ranges]
     assert max(sizes) - min(sizes) <= 1
     covered = []
     for lo, hi in ranges:
-        for set_id, a, b in drift_blocked._segments(lo, hi, num_neg):
+        for set_id, a, b in blocked.stream_segments(lo, hi, num_neg):
             assert lo <= a < b <= hi
             assert all((k >= num_neg) == (set_id == 1) for k in range(a, b))
             covered += range(a, b)
@@ -486,14 +488,14 @@ def test_field_takes_blocked_path_above_threshold(monkeypatch) -> None:
     x, y_pos, _, _, _, _ = _inputs('default-odd-sizes')
     want = jax.jit(compute_drift_field)(x, y_pos)
     calls = []
-    real = drift_blocked.single_group_field
+    real = blocked.single_group_field
 
     def spy(*args, **kwargs):
         calls.append(kwargs.get('block_size'))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(drift, 'DENSE_MEMORY_LIMIT_BYTES', 1024)
-    monkeypatch.setattr(drift_blocked, 'single_group_field', spy)
+    monkeypatch.setattr(field.driver, 'DENSE_MEMORY_LIMIT_BYTES', 1024)
+    monkeypatch.setattr(blocked, 'single_group_field', spy)
     # A fresh function, so jit traces again under the patched limit (eager takes ~15 s).
     got = jax.jit(lambda a, b: compute_drift_field(a, b))(x, y_pos)
     assert calls and calls[0] > 0

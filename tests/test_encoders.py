@@ -1,4 +1,4 @@
-"""Tests for drift_jax.encoders: the ResNet encoder, its MAE objective, the multi-scale
+"""Tests for drift_jax.models.encoders: the ResNet encoder, its MAE objective, the multi-scale
 feature sets and the feature-space drifting loss (DESIGN.md section 1).
 
 Encoders are tiny (widths of 4-16 channels) and shapes are checked with eval_shape.
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from drift_jax import drift
-from drift_jax import encoders as enc
+from drift_jax import field
+from drift_jax.models.mlp import encoders as enc
 
 
 @pytest.fixture(autouse=True)
@@ -176,7 +176,7 @@ def test_feature_drift_loss_sum_and_gradients():
     params = jax.jit(model.init)(k1, jnp.zeros((1, 8, 8, 1)))['params']
     gen = jax.random.uniform(k2, (g * n, 8, 8, 1), minval=-1, maxval=1)
     real = jnp.asarray(_digits()[:g * n_pos])
-    opts = drift.DriftOptions()
+    opts = field.DriftOptions()
     w_pos = jax.random.uniform(k3, (g, n_pos), minval=0.5, maxval=1.5)
     extract = jax.jit(lambda im: enc.extract_feature_sets(model, params, im, include=include))
     pos = _grouped(extract(real), g)
@@ -189,7 +189,7 @@ def test_feature_drift_loss_sum_and_gradients():
         manual = 0.0
         for name, x in gen_feats.items():
             t, d = x.shape[2], x.shape[3]
-            manual = manual + drift.drift_loss(
+            manual = manual + field.drift_loss(
                 jnp.swapaxes(x, 1, 2).reshape(g * t, n, d),
                 jnp.swapaxes(pos[name], 1, 2).reshape(g * t, n_pos, d), None, opts,
                 weights_pos=jnp.repeat(w_pos, t, axis=0))[0]
@@ -217,7 +217,7 @@ def test_feature_drift_loss_bad_inputs():
     with pytest.raises(ValueError, match="'c'"):
         enc.feature_drift_loss(x, {**x, 'c': x['a']})
     with pytest.raises(ValueError, match='scale_dist'):
-        enc.feature_drift_loss(x, x, opts=drift.DriftOptions(scale_dist=False))
+        enc.feature_drift_loss(x, x, opts=field.DriftOptions(scale_dist=False))
     with pytest.raises(ValueError, match="pos_feats\\['a'\\]"):
         enc.feature_drift_loss(x, {'a': jnp.zeros((2, 3, 1, 5)), 'b': x['b']})
 

@@ -1,4 +1,4 @@
-"""Tests for drift_jax.image_eval: classifiers, Frechet distance, precision/recall, evaluator.
+"""Tests for drift_jax.eval.images: classifiers, Frechet distance, precision/recall, evaluator.
 
 Uses sklearn's 8x8 digits scaled to [-1, 1] ([N, 8, 8, 1]); classifiers train for few steps,
 and the evaluator is built once per module (its second build must come from the cache).
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from drift_jax import image_eval as ie
+from drift_jax.eval import images as ie
 
 STEPS = 200
 

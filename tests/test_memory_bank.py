@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from drift_jax import memory_bank as mb
+from drift_jax.data import memory_bank as mb
 
 SHAPE = (2, 3)
 # Jitted once per module: eager dispatch of the many small ops is slower than compiling.

@@ -1,4 +1,4 @@
-"""Tests for drift_jax.metrics against float64 NumPy references and basic metric properties.
+"""Tests for drift_jax.eval.points against float64 NumPy references and basic metric properties.
 
 References are written from the formulas with dense pairwise matrices, so sets stay small.
 """
@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from drift_jax.metrics import (
+from drift_jax.eval.points import (
     energy_distance,
     energy_report,
     expected_energy_floor,

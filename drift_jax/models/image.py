@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from drift_jax.encoders import GroupNorm
+from drift_jax.models.encoders import GroupNorm
 
 IMAGE_MODEL_NAMES = ('conv', 'dit', 'mlp')
 

@@ -1,8 +1,8 @@
 """The drifting field's engine: the passes, block terms and finish shared by every form.
 
-`drift` runs it on whole target sets (the dense form), `drift_blocked` scans it over blocks
-of targets and `drift_sharded` adds the cross-device reductions. Everything here is
-internal: the public API (options, `compute_drift_field`, `drift_loss`) is in `drift`.
+`dense.py` runs it on whole target sets, `blocked.py` scans it over blocks of targets and
+`sharded.py` adds the cross-device reductions. These helpers are public inside the
+subpackage; users call `drift_jax.field.compute_drift_field` and `drift_loss`.
 """
 
 from __future__ import annotations
@@ -15,21 +15,21 @@ import jax
 import jax.numpy as jnp
 
 if TYPE_CHECKING:
-    from drift_jax.drift import DriftOptions
+    from drift_jax.field.options import DriftOptions
 
 Array = jax.Array
 
-_MIN_SCALE = 1e-8
+MIN_SCALE = 1e-8
 # Floor of squared distances under the Laplace kernel's sqrt: keeps its gradient finite at
 # zero distance; sqrt(1e-30) = 1e-15 is far below any distance that matters.
-_MIN_SQ = 1e-30
+MIN_SQ = 1e-30
 # Up to this dimension distances use explicit differences (exact); above, the matmul form.
-_EXACT_DIFF_MAX_DIM = 8
+EXACT_DIFF_MAX_DIM = 8
 # Largest integer ratio between temperatures' rates served by products of one exp.
-_MAX_POWER = 32
+MAX_POWER = 32
 
 # ----------------------------------------------------------------------------
-# The field engine. The dense form (`_single_group_field`, at the end) runs it on whole
+# The field engine. The dense form (`single_group_field`, at the end) runs it on whole
 # target sets (the full N x M matrices); drift_blocked scans it over blocks of targets;
 # drift_sharded adds the cross-device reductions (`axis_name`). Per group, with
 # u_ij = d_ij (Laplace) or d_ij^2 (Gaussian), the logits are l_ij = -k u_ij with
@@ -44,7 +44,7 @@ _MAX_POWER = 32
 # applied at the end: V_i = (S-_i P_i - S+_i Q_i) / R_i with [Q | S-] = G- [y- | 1],
 # [P | S+] = G+ [y+ | 1], G_ij = exp(-k (u_ij - (r_i + c_j) / 2)) w_j / sqrt(C_j).
 # All temperatures share one distance matrix (and, when their rates are small integer
-# multiples of one another, one exp per entry: see _exp_family); per temperature there is
+# multiples of one another, one exp per entry: see exp_family); per temperature there is
 # one matmul per target set, [N, b] x [b, D + 1].
 # XLA:CPU notes (measured here): elementwise fusions that contain a `slice` are not
 # vectorised (~7x slower), so small-D coordinates travel as separate per-dimension
@@ -52,16 +52,16 @@ _MAX_POWER = 32
 # so the shifted copies of u are formed before reducing.
 
 
-class _Queries(NamedTuple):
+class QuerySet(NamedTuple):
     """One group's queries in the layouts the engine uses (N rows)."""
 
-    cols: tuple[Array, ...]   # D vectors [N] (D <= _EXACT_DIFF_MAX_DIM), else ().
+    cols: tuple[Array, ...]   # D vectors [N] (D <= EXACT_DIFF_MAX_DIM), else ().
     x: Array | None           # [N, D + 2] = [x, |x|^2, 1] (larger D), else None.
     valid: Array | None       # [N] bool: real rows (None: all real).
     index: Array | None       # [N] global query index (self-mask only), else None.
 
 
-class _Targets(NamedTuple):
+class TargetSet(NamedTuple):
     """A set or block of targets (b rows; leading block axes allowed)."""
 
     cols: tuple[Array, ...]   # D vectors [b] (small D), else ().
@@ -71,34 +71,34 @@ class _Targets(NamedTuple):
     index: Array | None       # [b] global negative index for the self-mask, else None.
 
 
-def _small_dim(d: int) -> bool:
-    return d <= _EXACT_DIFF_MAX_DIM
+def small_dim(d: int) -> bool:
+    return d <= EXACT_DIFF_MAX_DIM
 
 
-def _make_queries(x_nd: Array, valid: Array | None, index: Array | None) -> _Queries:
-    """Queries [N, D] -> _Queries."""
-    if _small_dim(x_nd.shape[-1]):
+def make_queries(x_nd: Array, valid: Array | None, index: Array | None) -> QuerySet:
+    """Queries [N, D] -> QuerySet."""
+    if small_dim(x_nd.shape[-1]):
         cols = tuple(x_nd[:, k] for k in range(x_nd.shape[-1]))
-        return _Queries(cols, None, valid, index)
+        return QuerySet(cols, None, valid, index)
     # |x - y|^2 = [x, |x|^2, 1] . [-2 y, 1, |y|^2]: one matmul, no reduction in its epilogue
     # (XLA:CPU would otherwise fuse the norms into the matmul and recompute them per tile).
     sq_norm = jnp.sum(jnp.square(x_nd), -1, keepdims=True)
-    return _Queries((), jnp.concatenate([x_nd, sq_norm, jnp.ones_like(sq_norm)], -1), valid,
+    return QuerySet((), jnp.concatenate([x_nd, sq_norm, jnp.ones_like(sq_norm)], -1), valid,
                     index)
 
 
-def _make_targets(y: Array, w: Array, index: Array | None, center: Array) -> _Targets:
-    """Targets [..., b, D] with weights [..., b] -> _Targets (same leading axes)."""
+def make_targets(y: Array, w: Array, index: Array | None, center: Array) -> TargetSet:
+    """Targets [..., b, D] with weights [..., b] -> TargetSet (same leading axes)."""
     aug = jnp.concatenate([y - center, jnp.ones(y.shape[:-1] + (1,), y.dtype)], axis=-1)
-    if _small_dim(y.shape[-1]):
+    if small_dim(y.shape[-1]):
         cols = tuple(y[..., k] for k in range(y.shape[-1]))
-        return _Targets(cols, None, aug, w, index)
+        return TargetSet(cols, None, aug, w, index)
     sq_norm = jnp.sum(jnp.square(y), -1, keepdims=True)
-    return _Targets((), jnp.concatenate([-2.0 * y, jnp.ones_like(sq_norm), sq_norm], -1), aug,
+    return TargetSet((), jnp.concatenate([-2.0 * y, jnp.ones_like(sq_norm), sq_norm], -1), aug,
                     w, index)
 
 
-def _pair_sq(q: _Queries, t: _Targets) -> Array:
+def pair_sq(q: QuerySet, t: TargetSet) -> Array:
     """Squared distances [N, b]: explicit differences (small D) or the matmul expansion."""
     if q.x is None:
         sq = jnp.square(q.cols[0][:, None] - t.cols[0][None, :])
@@ -110,7 +110,7 @@ def _pair_sq(q: _Queries, t: _Targets) -> Array:
     return jnp.maximum(sq, 0.0)
 
 
-def _pair_valid(q: _Queries, t: _Targets) -> Array:
+def pair_valid(q: QuerySet, t: TargetSet) -> Array:
     """Valid pairs [N, b]: positive weight, real query, not a self pair."""
     n = q.cols[0].shape[0] if q.x is None else q.x.shape[0]
     valid = jnp.broadcast_to((t.w > 0)[None, :], (n, t.w.shape[0]))
@@ -121,21 +121,21 @@ def _pair_valid(q: _Queries, t: _Targets) -> Array:
     return valid
 
 
-def _kappas(opts: DriftOptions) -> tuple[float, ...]:
+def temperature_rates(opts: DriftOptions) -> tuple[float, ...]:
     """Static per-temperature rates: l = -kappa * u / s (Laplace) or / s^2 (Gaussian)."""
     if opts.kernel == 'laplace':
         return tuple(1.0 / t for t in opts.temperatures)
     return tuple(1.0 / (2.0 * t * t) for t in opts.temperatures)
 
 
-def _kernel_u(sq: Array, kernel: str) -> Array:
+def kernel_u(sq: Array, kernel: str) -> Array:
     """The kernel's distance measure u: d (Laplace, with a finite-gradient sqrt) or d^2."""
     if kernel == 'laplace':
-        return jnp.sqrt(jnp.maximum(sq, _MIN_SQ))
+        return jnp.sqrt(jnp.maximum(sq, MIN_SQ))
     return sq
 
 
-def _pass1_block(q: _Queries, t: _Targets, scale_dist: bool, col_minima: bool = True):
+def pass1_block(q: QuerySet, t: TargetSet, scale_dist: bool, col_minima: bool = True):
     """First-pass statistics of a block of b targets.
 
     Returns (row minima of sq [N], column minima of sq [b], sum of w d), all over valid
@@ -143,8 +143,8 @@ def _pass1_block(q: _Queries, t: _Targets, scale_dist: bool, col_minima: bool = 
     smallest sq [] takes the place of the column minima (the one-exp block terms need
     only that).
     """
-    sq = _pair_sq(q, t)
-    valid = _pair_valid(q, t)
+    sq = pair_sq(q, t)
+    valid = pair_valid(q, t)
     sq_valid = jnp.where(valid, sq, jnp.inf)
     row_min = jnp.min(sq_valid, axis=1)
     if col_minima:
@@ -153,14 +153,14 @@ def _pass1_block(q: _Queries, t: _Targets, scale_dist: bool, col_minima: bool = 
         # The barrier keeps XLA from turning this into a second reduction over sq_valid.
         col_min = jnp.min(jax.lax.optimization_barrier(row_min))
     if scale_dist:
-        d = jnp.where(valid, jnp.sqrt(jnp.maximum(sq, _MIN_SQ)), 0.0)
+        d = jnp.where(valid, jnp.sqrt(jnp.maximum(sq, MIN_SQ)), 0.0)
         sum_dw = jnp.dot(jnp.sum(d, axis=0), t.w)
     else:
         sum_dw = jnp.zeros((), jnp.float32)
     return row_min, col_min, sum_dw
 
 
-def _valid_weight_sum(q: _Queries, w_pos: Array, w_neg: Array) -> Array:
+def valid_weight_sum(q: QuerySet, w_pos: Array, w_neg: Array) -> Array:
     """Sum of w_j over the valid pairs (i, j), without building them.
 
     Every real query pairs with every positive-weight target, except its self pair (the
@@ -180,22 +180,22 @@ def _valid_weight_sum(q: _Queries, w_pos: Array, w_neg: Array) -> Array:
     return total
 
 
-def _finite_shift(u_min: Array) -> Array:
+def finite_shift(u_min: Array) -> Array:
     """Log-sum-exp shift from a minimum of u: 0 where it is +inf (nothing valid, so every
     term there is 0 anyway); held constant for differentiation."""
     return jax.lax.stop_gradient(jnp.where(jnp.isfinite(u_min), u_min, 0.0))
 
 
-def _shift(sq_min: Array, kernel: str) -> Array:
+def shift_from_sq_min(sq_min: Array, kernel: str) -> Array:
     """Log-sum-exp shift in u units from a minimum of sq (0 where nothing is valid)."""
-    return _finite_shift(_kernel_u(sq_min, kernel))
+    return finite_shift(kernel_u(sq_min, kernel))
 
 
-def _scales(sum_dw: Array, sum_w: Array, d: int, opts: DriftOptions):
+def distance_scales(sum_dw: Array, sum_w: Array, d: int, opts: DriftOptions):
     """(s, coordinate scale, unit) from the pass-1 weighted sums; k_t = unit * kappa_t."""
     if opts.scale_dist:
-        scale = sum_dw / jnp.maximum(sum_w, _MIN_SCALE)
-        scale = jax.lax.stop_gradient(jnp.maximum(scale, _MIN_SCALE))
+        scale = sum_dw / jnp.maximum(sum_w, MIN_SCALE)
+        scale = jax.lax.stop_gradient(jnp.maximum(scale, MIN_SCALE))
         coord_scale = scale / jnp.sqrt(jnp.float32(d))
     else:
         scale = coord_scale = jnp.ones((), jnp.float32)
@@ -203,7 +203,7 @@ def _scales(sum_dw: Array, sum_w: Array, d: int, opts: DriftOptions):
     return scale, coord_scale, jax.lax.stop_gradient(unit)
 
 
-def _power_plan(kappas: Sequence[float]) -> tuple[float, tuple[int, ...]] | None:
+def power_plan(kappas: Sequence[float]) -> tuple[float, tuple[int, ...]] | None:
     """(base, n_t) with kappa_t = n_t * base for small integers n_t, else None.
 
     Then exp(-kappa_t x) = exp(-base x) ** n_t: one exp per entry serves every temperature
@@ -215,15 +215,15 @@ def _power_plan(kappas: Sequence[float]) -> tuple[float, tuple[int, ...]] | None
     for div in (1, 2, 3, 4):
         base = lo / div
         ints = [round(k / base) for k in kappas]
-        if all(abs(k / base - i) <= 1e-6 * i and i <= _MAX_POWER
+        if all(abs(k / base - i) <= 1e-6 * i and i <= MAX_POWER
                for k, i in zip(kappas, ints, strict=True)):
             return base, tuple(ints)
     return None
 
 
-def _exp_family(delta: Array, unit: Array, kappas: Sequence[float]) -> list[Array]:
+def exp_family(delta: Array, unit: Array, kappas: Sequence[float]) -> list[Array]:
     """[exp(-unit * kappa_t * delta) for each temperature t], sharing exps when possible."""
-    plan = _power_plan(kappas)
+    plan = power_plan(kappas)
     if plan is None:
         return [jnp.exp(delta * (-unit * k)) for k in kappas]
     base, ints = plan
@@ -240,12 +240,12 @@ def _exp_family(delta: Array, unit: Array, kappas: Sequence[float]) -> list[Arra
     return [power(k) for k in ints]
 
 
-def _block_u(q: _Queries, t: _Targets, kernel: str) -> Array:
+def block_u(q: QuerySet, t: TargetSet, kernel: str) -> Array:
     """The kernel's distance measure u [N, b] of a block, +inf on invalid pairs."""
-    return jnp.where(_pair_valid(q, t), _kernel_u(_pair_sq(q, t), kernel), jnp.inf)
+    return jnp.where(pair_valid(q, t), kernel_u(pair_sq(q, t), kernel), jnp.inf)
 
 
-def _pass2_block(q: _Queries, t: _Targets, row_shift: Array, col_shift: Array, unit: Array,
+def pass2_block(q: QuerySet, t: TargetSet, row_shift: Array, col_shift: Array, unit: Array,
                  opts: DriftOptions, axis_name=None):
     """Second-pass terms of a block of b targets.
 
@@ -259,27 +259,27 @@ def _pass2_block(q: _Queries, t: _Targets, row_shift: Array, col_shift: Array, u
     Returns:
       (row sums R [T, N] of this block, accumulators [T, N, D + 1] = G [y | 1]).
     """
-    return _block_terms(_block_u(q, t, opts.kernel), t, row_shift, col_shift, unit, opts,
+    return block_terms(block_u(q, t, opts.kernel), t, row_shift, col_shift, unit, opts,
                         axis_name)
 
 
-def _block_terms(u: Array, t: _Targets, row_shift: Array, col_shift: Array, unit: Array,
+def block_terms(u: Array, t: TargetSet, row_shift: Array, col_shift: Array, unit: Array,
                  opts: DriftOptions, axis_name=None):
-    """`_pass2_block`'s terms from the block's u [N, b] (+inf on invalid pairs).
+    """`pass2_block`'s terms from the block's u [N, b] (+inf on invalid pairs).
 
     Returns (row sums R [T, N], accumulators [T, N, D + 1]).
     """
-    kappas = _kappas(opts)
+    kappas = temperature_rates(opts)
     hp = jax.lax.Precision.HIGHEST
     if opts.normalize == 'none':
         row_sums = jnp.zeros((len(kappas), u.shape[0]), jnp.float32)
-        accs = [jnp.dot(g * t.w, t.aug, precision=hp) for g in _exp_family(u, unit, kappas)]
+        accs = [jnp.dot(g * t.w, t.aug, precision=hp) for g in exp_family(u, unit, kappas)]
         return row_sums, jnp.stack(accs)
     # Shifted copies of u; the reductions below see no broadcasts (XLA:CPU hands such
     # reductions to its fast library kernels only when every operand is a full array).
     d_row = u - row_shift[:, None]
     if opts.normalize == 'targets':
-        es = _exp_family(d_row, unit, kappas)
+        es = exp_family(d_row, unit, kappas)
         row_sums = jnp.stack([jnp.sum(e, axis=1) for e in es])
         accs = [jnp.dot(e * t.w, t.aug, precision=hp) for e in es]
         return row_sums, jnp.stack(accs)
@@ -287,15 +287,15 @@ def _block_terms(u: Array, t: _Targets, row_shift: Array, col_shift: Array, unit
     # Half-rate exps e = exp(-k d_row / 2), f = exp(-k d_col / 2): R = sum e^2,
     # C = sum f^2 and G = e f, two exps per entry instead of three.
     # (The barrier stops XLA from rewriting e * f back into exp(a + b).)
-    es, fs = jax.lax.optimization_barrier((_exp_family(d_row, 0.5 * unit, kappas),
-                                           _exp_family(d_col, 0.5 * unit, kappas)))
+    es, fs = jax.lax.optimization_barrier((exp_family(d_row, 0.5 * unit, kappas),
+                                           exp_family(d_col, 0.5 * unit, kappas)))
     row_sums = jnp.stack([jnp.sum(e * e, axis=1) for e in es])
     col_sums = jnp.stack([jnp.sum(f * f, axis=0) for f in fs])
     gs = [e * f for e, f in zip(es, fs, strict=True)]
     if axis_name is not None:
         col_sums = jax.lax.psum(col_sums, axis_name)                       # [T, b]
-    col_factor = _safe_pow(col_sums, -0.5) * t.w                           # [T, b]
-    if u.size <= _STACKED_DOT_MAX_ENTRIES:
+    col_factor = safe_pow(col_sums, -0.5) * t.w                           # [T, b]
+    if u.size <= STACKED_DOT_MAX_ENTRIES:
         # Small blocks (many small groups): one [T N, b] x [b, D + 1] product instead of T.
         weighted = jnp.stack([g * c for g, c in zip(gs, col_factor, strict=True)])
         return row_sums, jnp.einsum('tnb,bk->tnk', weighted, t.aug, precision=hp)
@@ -306,48 +306,48 @@ def _block_terms(u: Array, t: _Targets, row_shift: Array, col_shift: Array, unit
 # The one-exp form is exact when k (shift - m) is at most this for every row and column
 # shift (m: the block's smallest u). Then every entry within e^-30 of its row's or column's
 # peak has H >= e^-87, float32's smallest normal: nothing that matters underflows.
-_ONE_EXP_MAX_SPREAD = 57.0
+ONE_EXP_MAX_SPREAD = 57.0
 
 
-def _one_exp_block(u: Array, t: _Targets, row_shift: Array, block_min: Array, unit: Array,
+def one_exp_block(u: Array, t: TargetSet, row_shift: Array, block_min: Array, unit: Array,
                    opts: DriftOptions, two_exp_only: Array | bool = False):
-    """`_block_terms` ('both', one device, not under vmap: a `lax.cond` under vmap runs both
+    """`block_terms` ('both', one device, not under vmap: a `lax.cond` under vmap runs both
     branches) with one exponential per entry where the block's shifts allow it.
 
-    Args: as `_block_terms`, but the block's smallest u [] instead of its column minima.
+    Args: as `block_terms`, but the block's smallest u [] instead of its column minima.
 
     Returns (row sums [T, N], unscaled accumulators [T, N, D + 1], their factor [T, N],
     exact []). The rows are checked before (their shifts are known): blocks whose rows do
     not fit take the two-exp terms (with column minima of their own). The columns are
     checked after, from the column sums of H: column j's peak is at least its sum / N, so
-    a sum of at least N e^-57 means k (c_j - m) <= 57 (`_ONE_EXP_MAX_SPREAD`) without
+    a sum of at least N e^-57 means k (c_j - m) <= 57 (`ONE_EXP_MAX_SPREAD`) without
     the column minima c. Where a column fails, `exact` is False and the caller must
     compute the field again without one-exp terms (rare: it takes a column whose
     nearest query is far beyond the block's nearest pair): two_exp_only (a traced bool,
     so that both attempts share one compiled body) makes every block take the two-exp
     terms.
     """
-    k_max = unit * max(_kappas(opts))
-    rows_fit = k_max * (jnp.max(row_shift) - block_min) <= _ONE_EXP_MAX_SPREAD
+    k_max = unit * max(temperature_rates(opts))
+    rows_fit = k_max * (jnp.max(row_shift) - block_min) <= ONE_EXP_MAX_SPREAD
     rows_fit = rows_fit & jnp.logical_not(two_exp_only)
-    col_floor = u.shape[0] * math.exp(-_ONE_EXP_MAX_SPREAD)
+    col_floor = u.shape[0] * math.exp(-ONE_EXP_MAX_SPREAD)
 
     def two_exp():
-        col_shift = _finite_shift(jnp.min(u, axis=0))
-        row_sums, accs = _block_terms(u, t, row_shift, col_shift, unit, opts)
+        col_shift = finite_shift(jnp.min(u, axis=0))
+        row_sums, accs = block_terms(u, t, row_shift, col_shift, unit, opts)
         return row_sums, accs, jnp.ones(row_sums.shape, row_sums.dtype), jnp.array(True)
 
     def one_exp():
-        row_sums, accs, scales, col_sums = _one_exp_terms(u, t, row_shift, block_min, unit,
+        row_sums, accs, scales, col_sums = one_exp_terms(u, t, row_shift, block_min, unit,
                                                           opts)
         return row_sums, accs, scales, jnp.all((col_sums >= col_floor) | (t.w <= 0))
 
     return jax.lax.cond(rows_fit, one_exp, two_exp)
 
 
-def _one_exp_terms(u: Array, t: _Targets, row_shift: Array, block_min: Array, unit: Array,
+def one_exp_terms(u: Array, t: TargetSet, row_shift: Array, block_min: Array, unit: Array,
                    opts: DriftOptions):
-    """`_block_terms` ('both') with one exponential per entry (and temperature family).
+    """`block_terms` ('both') with one exponential per entry (and temperature family).
 
     With m the block's smallest u and H_ij = exp(-k (u_ij - m)),
         exp(-k (u_ij - r_i)) = H_ij a_i^2,   a_i = exp(k (r_i - m) / 2),
@@ -356,20 +356,20 @@ def _one_exp_terms(u: Array, t: _Targets, row_shift: Array, block_min: Array, un
     So R_i = a_i^2 sum_j H_ij, and the field's matmul is H [y | 1] with the rows of [y | 1]
     scaled by w_j / sqrt(sum_i H_ij), its [N, D + 1] result by a_i (returned as acc_scale
     for the caller to fold into its accumulation). The caller checks that no entry that
-    matters underflows (`_one_exp_block`). Also returns the column sums of H [T, b].
+    matters underflows (`one_exp_block`). Also returns the column sums of H [T, b].
     """
     hp = jax.lax.Precision.HIGHEST
-    kappas = _kappas(opts)
+    kappas = temperature_rates(opts)
     # The barrier keeps H materialised once: XLA would otherwise recompute the exp inside
     # each of its three consumers (row sum, column sum, matmul operand).
-    hs = jax.lax.optimization_barrier(_exp_family(u - block_min, unit, kappas))
+    hs = jax.lax.optimization_barrier(exp_family(u - block_min, unit, kappas))
     row_sums, accs, scales, col_sums = [], [], [], []
     for h, kappa in zip(hs, kappas, strict=True):
         # Capped so that this branch stays finite where it does not fit: under a user's
         # vmap the cond becomes a select that evaluates it there too.
         a_sq = jnp.exp(jnp.minimum((unit * kappa) * (row_shift - block_min), 80.0))  # [N]
         col_sums.append(jnp.sum(h, axis=0))                                    # [b]
-        col_vec = _safe_pow(col_sums[-1], -0.5) * t.w
+        col_vec = safe_pow(col_sums[-1], -0.5) * t.w
         row_sums.append(a_sq * jnp.sum(h, axis=1))
         # The column factor scales the matmul's [b, D + 1] right operand, not H [N, b].
         accs.append(jnp.dot(h, col_vec[:, None] * t.aug, precision=hp))
@@ -380,10 +380,10 @@ def _one_exp_terms(u: Array, t: _Targets, row_shift: Array, block_min: Array, un
 # Blocks of up to this many [N, b] entries stack their temperatures into one field matmul
 # (tiny per-temperature matmuls run far below the matmul rate; larger ones would only pay
 # for the copy).
-_STACKED_DOT_MAX_ENTRIES = 2**16
+STACKED_DOT_MAX_ENTRIES = 2**16
 
 
-def _safe_pow(x: Array, p: float) -> Array:
+def safe_pow(x: Array, p: float) -> Array:
     """x ** p for x > 0, else 0 (finite gradients)."""
     pos = x > 0
     safe = jnp.where(pos, x, 1.0)
@@ -399,7 +399,7 @@ def _safe_pow(x: Array, p: float) -> Array:
     return jnp.where(pos, out, 0.0)
 
 
-def _combine_pass1(row_min: Array, col_mins: Sequence[Array], sum_dw: Array, sum_w: Array,
+def combine_pass1(row_min: Array, col_mins: Sequence[Array], sum_dw: Array, sum_w: Array,
                    d: int, opts: DriftOptions, axis_name=None):
     """Scales, rates and log-sum-exp shifts from the pass-1 statistics (all devices).
 
@@ -408,13 +408,13 @@ def _combine_pass1(row_min: Array, col_mins: Sequence[Array], sum_dw: Array, sum
     if axis_name is not None:
         col_mins = [jax.lax.pmin(c, axis_name) for c in col_mins]
         sum_dw, sum_w = jax.lax.psum((sum_dw, sum_w), axis_name)
-    scale, coord_scale, unit = _scales(sum_dw, sum_w, d, opts)
-    row_shift = _shift(row_min, opts.kernel)
-    col_shifts = [_shift(c, opts.kernel) for c in col_mins]
+    scale, coord_scale, unit = distance_scales(sum_dw, sum_w, d, opts)
+    row_shift = shift_from_sq_min(row_min, opts.kernel)
+    col_shifts = [shift_from_sq_min(c, opts.kernel) for c in col_mins]
     return scale, coord_scale, unit, row_shift, col_shifts
 
 
-def _finish(row_sums: Array, acc_neg: Array, acc_pos: Array, scale: Array,
+def finish_field(row_sums: Array, acc_neg: Array, acc_pos: Array, scale: Array,
             coord_scale: Array, n_total: int, opts: DriftOptions, axis_name=None):
     """Field [N, D] in scaled coordinates and stats from the accumulated terms.
 
@@ -423,9 +423,9 @@ def _finish(row_sums: Array, acc_neg: Array, acc_pos: Array, scale: Array,
     """
     d = acc_neg.shape[-1] - 1
     if opts.normalize == 'both':
-        row_factor = _safe_pow(row_sums, -1.0)
+        row_factor = safe_pow(row_sums, -1.0)
     elif opts.normalize == 'targets':
-        row_factor = _safe_pow(row_sums, -2.0)
+        row_factor = safe_pow(row_sums, -2.0)
     else:
         row_factor = jnp.ones_like(row_sums)
     q, s_neg = acc_neg[..., :d], acc_neg[..., d:]
@@ -437,8 +437,8 @@ def _finish(row_sums: Array, acc_neg: Array, acc_pos: Array, scale: Array,
     # float32 rounding of the two terms; RMS normalisation would blow it up to unit size.
     # Call a temperature's field zero when it is below the rounding level of its terms.
     terms = row_factor[..., None] * (jnp.abs(s_neg * p) + jnp.abs(s_pos * q))
-    v_t = jnp.where(_cancelled(v_t * coord_scale, terms, axis_name)[:, None, None], 0.0, v_t)
-    rms, v_unit = _rms_normalize(v_t, n_total * d, axis_name)
+    v_t = jnp.where(cancelled(v_t * coord_scale, terms, axis_name)[:, None, None], 0.0, v_t)
+    rms, v_unit = rms_normalize(v_t, n_total * d, axis_name)
     stats = {'scale': scale}
     for tau, r in zip(opts.temperatures, rms, strict=True):
         stats[f'rms_tau_{tau:g}'] = r
@@ -450,20 +450,20 @@ def _finish(row_sums: Array, acc_neg: Array, acc_pos: Array, scale: Array,
     return total, coord_scale, stats
 
 
-_CANCEL_RTOL = 64 * float(jnp.finfo(jnp.float32).eps)   # ~7.6e-6
+CANCEL_RTOL = 64 * float(jnp.finfo(jnp.float32).eps)   # ~7.6e-6
 
 
-def _cancelled(v_t: Array, terms: Array, axis_name=None) -> Array:
+def cancelled(v_t: Array, terms: Array, axis_name=None) -> Array:
     """[T] bools: max |V_t| is within float32 rounding (relative) of max of its terms."""
     v_peak = jax.lax.stop_gradient(jnp.max(jnp.abs(v_t), axis=(1, 2)))
     t_peak = jax.lax.stop_gradient(jnp.max(terms, axis=(1, 2)))
     if axis_name is not None:
         v_peak = jax.lax.pmax(v_peak, axis_name)
         t_peak = jax.lax.pmax(t_peak, axis_name)
-    return v_peak <= _CANCEL_RTOL * t_peak
+    return v_peak <= CANCEL_RTOL * t_peak
 
 
-def _rms_normalize(v_t: Array, count: int, axis_name=None) -> tuple[Array, Array]:
+def rms_normalize(v_t: Array, count: int, axis_name=None) -> tuple[Array, Array]:
     """RMS of each temperature's field [T] over `count` entries, and V_t / RMS [T, N, D].
 
     Measured relative to the largest |V| (held constant for differentiation; V / RMS does
@@ -483,32 +483,7 @@ def _rms_normalize(v_t: Array, count: int, axis_name=None) -> tuple[Array, Array
     return rms, unit / root[:, None, None]
 
 
-def _target_center(y_pos: Array, y_neg: Array) -> Array:
+def target_center(y_pos: Array, y_neg: Array) -> Array:
     """Mean of all targets [D]; V is translation invariant, centring only helps rounding."""
     total = jnp.sum(y_neg, axis=0) + jnp.sum(y_pos, axis=0)
     return jax.lax.stop_gradient(total / max(y_neg.shape[0] + y_pos.shape[0], 1))
-
-
-def _single_group_field(x_nd, y_pos, y_neg, w_pos, w_neg, opts: DriftOptions, mask_self,
-                        *, q_valid=None, q_offset=0, n_total=None, axis_name=None):
-    """Dense field for one group in scaled coordinates: (v [N, D], coord_scale, stats).
-
-    x_nd [N, D]; y_pos [M+, D]; y_neg [M-, D]; w_pos [M+]; w_neg [M-]. Builds the full
-    [N, M-] and [N, M+] matrices. For the sharded form, x_nd holds this device's queries:
-    q_valid [N] marks real (not padding) rows, q_offset is the first row's global index,
-    n_total the global number of real queries, and axis_name the query mesh axis.
-    """
-    n, d = x_nd.shape
-    center = _target_center(y_pos, y_neg)
-    q = _make_queries(x_nd, q_valid, q_offset + jnp.arange(n) if mask_self else None)
-    sets = (_make_targets(y_neg, w_neg, jnp.arange(y_neg.shape[0]) if mask_self else None,
-                          center),
-            _make_targets(y_pos, w_pos, None, center))
-    first = [_pass1_block(q, t, opts.scale_dist) for t in sets]
-    scale, coord_scale, unit, row_shift, col_shifts = _combine_pass1(
-        jnp.minimum(first[0][0], first[1][0]), [f[1] for f in first],
-        first[0][2] + first[1][2], _valid_weight_sum(q, w_pos, w_neg), d, opts, axis_name)
-    outs = [_pass2_block(q, t, row_shift, c, unit, opts, axis_name)
-            for t, c in zip(sets, col_shifts, strict=True)]
-    return _finish(outs[0][0] + outs[1][0], outs[0][1], outs[1][1], scale, coord_scale,
-                   n if n_total is None else n_total, opts, axis_name)

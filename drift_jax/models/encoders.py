@@ -1,6 +1,6 @@
 """Frozen feature encoders for feature-space drifting: a small ResNet, its MAE objective,
 and the paper's multi-scale feature sets (DESIGN.md section 1, paper appendix A.5), whose
-drifting loss sums `drift.drift_loss` over the sets, each with its own scale normalisation.
+drifting loss sums `field.drift_loss` over the sets, each with its own scale normalisation.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from drift_jax import drift
+from drift_jax import field
 
 Array = jax.Array
 
@@ -439,7 +439,7 @@ def extract_feature_sets(
     """Feature sets [B, T, D] of images [B, H, W, C] under a frozen encoder.
 
     The parameters are wrapped in stop_gradient (never trained through here); gradients
-    flow to `images`, so generated images get the feature-space drift.
+    flow to `images`, so generated images get the feature-space field.
     """
     params = jax.lax.stop_gradient(encoder_params)
     maps = encoder.apply({'params': params}, images, return_blocks=True)
@@ -471,7 +471,7 @@ def feature_drift_loss(
     gen_feats: Mapping[str, Array],
     pos_feats: Mapping[str, Array],
     neg_feats: Mapping[str, Array] | None = None,
-    opts: drift.DriftOptions | None = None,
+    opts: field.DriftOptions | None = None,
     weights_pos: Array | None = None,
     weights_neg: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
@@ -480,7 +480,7 @@ def feature_drift_loss(
     For each set, the inputs [G, N, T, D] (class groups G, N samples, T tokens; [N, T, D]
     means G = 1) become the groups [G * T, N, D] (group g * T + t holds the samples' tokens
     t of class group g), so every token position is its own drift problem with its own
-    distance scale, and `drift.drift_loss` averages over those groups and samples:
+    distance scale, and `field.drift_loss` averages over those groups and samples:
 
         loss = sum_sets drift_loss(gen[G*T, N, D], pos[G*T, N+, D], neg[G*T, N-, D]).
 
@@ -499,7 +499,7 @@ def feature_drift_loss(
     Returns:
       (scalar loss, metrics): '{set}/loss' and '{set}/{stat}' for each drift stat.
     """
-    opts = opts or drift.DriftOptions()
+    opts = opts or field.DriftOptions()
     if not opts.scale_dist:
         raise ValueError('feature_drift_loss needs opts.scale_dist=True: each feature set '
                          'is normalised by its own distance scale.')
@@ -525,7 +525,7 @@ def feature_drift_loss(
             if y is not None and (y.shape[0], y.shape[1], y.shape[3]) != (g, t, d):
                 raise ValueError(f'{role}[{name!r}] has groups/tokens/dim {y.shape[0]}, '
                                  f'{y.shape[1]}, {y.shape[3]}; gen_feats has {g}, {t}, {d}.')
-        loss, stats = drift.drift_loss(
+        loss, stats = field.drift_loss(
             x.reshape(g * t, n, d), y_pos.reshape(g * t, -1, d),
             None if y_neg is None else y_neg.reshape(g * t, -1, d), opts,
             weights_pos=_expand_weights(weights_pos, t),

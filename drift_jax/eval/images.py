@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from drift_jax.image_classifier import (
+from drift_jax.eval.classifier import (
     Classifier,
     ConvNet,
     _as_images,

@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from drift_jax import drift, image_models, memory_bank
+from drift_jax import field
+from drift_jax.models import image as image_models
+from drift_jax.data import memory_bank
 from drift_jax.data import images as image_data
 
 ENCODERS = ('none', 'mae')
@@ -63,7 +65,7 @@ class ImageTask:
         if config.encoder.name not in ENCODERS:
             raise ValueError(f'encoder.name={config.encoder.name!r} is unknown; choose one '
                              f'of {ENCODERS}.')
-        from drift_jax import encoders
+        from drift_jax.models import encoders
         unknown = set(config.encoder.feature_sets) - set(encoders.FEATURE_SET_KINDS)
         if unknown:
             raise ValueError(f'encoder.feature_sets has unknown {sorted(unknown)}; choose from '
@@ -71,7 +73,7 @@ class ImageTask:
         if config.encoder.name == 'mae' and not config.encoder.workdir:
             raise ValueError("encoder.name='mae' needs encoder.workdir, the workdir of a "
                              'finished configs/mae_*.py run.')
-        drift.options_from_config(config.drift)
+        field.options_from_config(config.drift)
         image_models.make_image_generator(config.model, ds.info.image_shape,
                                           ds.info.num_classes)
 
@@ -84,7 +86,7 @@ class ImageTask:
         self.model = image_models.make_image_generator(config.model, self.image_shape,
                                                        self.num_classes)
         self.noise_shape = tuple(self.model.noise_shape)
-        self.drift_options = drift.options_from_config(config.drift)
+        self.drift_options = field.options_from_config(config.drift)
         self.mesh = train.make_mesh(config.mesh)
         self.tx = train.make_optimizer(config.optim, config.train.steps)
         self.encoder = load_frozen_encoder(config, self.image_shape)
@@ -229,7 +231,7 @@ class ImageTaskEvaluator:
     """FD (with its train-vs-test floor), precision/recall and class accuracy of EMA samples."""
 
     def __init__(self, task: ImageTask, seed: int):
-        from drift_jax import image_eval
+        from drift_jax.eval import images as image_eval
         self.task = task
         cfg = task.config
         train_x, train_y = task.data.class_arrays('train')
@@ -272,7 +274,7 @@ class FrozenEncoder:
 
     def features(self, images):
         """Feature sets of images [B, H, W, C]: dict name -> [B, T, D]."""
-        from drift_jax import encoders
+        from drift_jax.models import encoders
         return encoders.extract_feature_sets(self.encoder, self.params, images,
                                              include=self.feature_sets)
 
@@ -287,7 +289,7 @@ class FrozenEncoder:
           w_neg: weights of the negatives [G, N + Nu] (generated first).
           opts: drift options.
         """
-        from drift_jax import encoders
+        from drift_jax.models import encoders
         g = x.shape[0]
         flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731
 
@@ -341,7 +343,8 @@ class MAETask:
             raise ValueError(f'mae.stem_stride must be a positive integer, got {stride!r}.')
 
     def __init__(self, config: ml_collections.ConfigDict):
-        from drift_jax import encoders, train
+        from drift_jax import train
+        from drift_jax.models import encoders
         self.config = config
         self.data = _open_data(config)
         self.image_shape = tuple(self.data.info.image_shape)
@@ -361,7 +364,7 @@ class MAETask:
         return {'images': x}
 
     def loss(self, params, extra, key, batch):
-        from drift_jax import encoders
+        from drift_jax.models import encoders
         m = self.config.mae
         loss, stats = encoders.mae_loss(params['params'], self.model, batch['images'], key,
                                         m.mask_ratio, m.patch_size)
@@ -369,7 +372,7 @@ class MAETask:
 
     def make_evaluator(self, seed: int):
         """Masked-reconstruction loss of the EMA encoder on held-out images (fixed mask)."""
-        from drift_jax import encoders
+        from drift_jax.models import encoders
         split = 'test' if 'test' in self.data.info.split_sizes else 'validation'
         images = self.data.class_arrays(split)[0][:self.config.eval.num_samples]
         m = self.config.mae

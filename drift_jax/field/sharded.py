@@ -12,8 +12,8 @@ import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from drift_jax import drift
-from drift_jax import drift_engine as engine
+from drift_jax.field import driver
+from drift_jax.field.options import DriftOptions
 
 Array = jax.Array
 
@@ -26,7 +26,7 @@ def _pad_rows(a: Array, rows: int) -> Array:
 
 def _sharded_field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, mesh, axis):
     """Field in scaled coordinates: (x [G,N,D], v [G,N,D], coord_scale [G], stats, grouped)."""
-    x, y_pos, y_neg, w_pos, w_neg, mask_self, grouped = drift._prepare(
+    x, y_pos, y_neg, w_pos, w_neg, mask_self, grouped = driver.prepare(
         x, y_pos, y_neg, weights_pos, weights_neg, opts)
     g, n, d = x.shape
     p = mesh.shape[axis]
@@ -42,7 +42,7 @@ def _sharded_field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, mesh,
     wp, wn = _pad_rows(w_pos, up(w_pos.shape[1])), _pad_rows(w_neg, up(w_neg.shape[1]))
     n_local = xp.shape[1] // p
     m_local = (pos.shape[1] + neg.shape[1]) // p
-    block = drift.select_block_size(g, n_local, m_local * p, d, len(opts.temperatures),
+    block = driver.select_block_size(g, n_local, m_local * p, d, len(opts.temperatures),
                                     opts.block_size)
 
     def local(x_l, pos_l, neg_l, wp_l, wn_l):
@@ -55,13 +55,7 @@ def _sharded_field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, mesh,
         q_valid = offset + jnp.arange(n_local) < n
         kw = dict(q_valid=q_valid, q_offset=offset, n_total=n, axis_name=axis)
 
-        def one(xg, pg, ng, wpg, wng):
-            if block:
-                from drift_jax import drift_blocked
-                return drift_blocked.single_group_field(xg, pg, ng, wpg, wng, opts, mask_self,
-                                                        block_size=block, **kw)
-            return engine._single_group_field(xg, pg, ng, wpg, wng, opts, mask_self, **kw)
-
+        one = driver.group_field_fn(opts, mask_self, block, **kw)
         return jax.vmap(one)(x_l, pos_a, neg_a, wp_a, wn_a)
 
     rows = P(None, axis)
@@ -82,10 +76,10 @@ def _sharded_field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, mesh,
 
 
 def sharded_drift_field(x: Array, y_pos: Array, y_neg: Array | None = None,
-                        opts: drift.DriftOptions | None = None, mesh: Mesh | None = None, *,
+                        opts: DriftOptions | None = None, mesh: Mesh | None = None, *,
                         weights_pos: Array | None = None, weights_neg: Array | None = None,
                         axis: str = 'data', return_stats: bool = False):
-    """`drift.compute_drift_field` with the queries sharded over `mesh` axis `axis`.
+    """`compute_drift_field` with the queries sharded over `mesh` axis `axis`.
 
     Args:
       x: queries [N, D] or [G, N, D]; N need not divide the axis size (padded, masked).
@@ -102,7 +96,7 @@ def sharded_drift_field(x: Array, y_pos: Array, y_neg: Array | None = None,
     if mesh is None:
         raise ValueError('sharded_drift_field needs a mesh, e.g. jax.make_mesh((8,), '
                          "('data',)).")
-    opts = opts or drift.DriftOptions()
+    opts = opts or DriftOptions()
     _, v, coord_scale, stats, grouped = _sharded_field_scaled(
         x, y_pos, y_neg, weights_pos, weights_neg, opts, mesh, axis)
     v = v * coord_scale[:, None, None]
@@ -114,10 +108,10 @@ def sharded_drift_field(x: Array, y_pos: Array, y_neg: Array | None = None,
 
 
 def sharded_drift_loss(x: Array, y_pos: Array, y_neg: Array | None = None,
-                       opts: drift.DriftOptions | None = None, mesh: Mesh | None = None, *,
+                       opts: DriftOptions | None = None, mesh: Mesh | None = None, *,
                        weights_pos: Array | None = None, weights_neg: Array | None = None,
                        axis: str = 'data') -> tuple[Array, dict[str, Array]]:
-    """`drift.drift_loss` with the field computed by `sharded_drift_field`.
+    """`drift_loss` with the field computed by `sharded_drift_field`.
 
     x [N, D] or [G, N, D] is differentiable; returns (scalar loss, stats) equal to the
     single-device `drift_loss`.
@@ -125,9 +119,9 @@ def sharded_drift_loss(x: Array, y_pos: Array, y_neg: Array | None = None,
     if mesh is None:
         raise ValueError('sharded_drift_loss needs a mesh, e.g. jax.make_mesh((8,), '
                          "('data',)).")
-    opts = opts or drift.DriftOptions()
+    opts = opts or DriftOptions()
     sg = jax.lax.stop_gradient
     _, v, coord_scale, stats, grouped = _sharded_field_scaled(
         sg(x), sg(y_pos), None if y_neg is None else sg(y_neg), weights_pos, weights_neg,
         opts, mesh, axis)
-    return drift._loss_from_field(x, v, coord_scale, stats, grouped)
+    return driver.loss_from_field(x, v, coord_scale, stats, grouped)

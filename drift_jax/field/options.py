@@ -1,0 +1,92 @@
+"""Options of the drifting field: `DriftOptions`, their checks and their config block.
+
+The paper's choices are the defaults; `options_from_config` reads the `drift` block of a
+config file (`--config.drift.temperatures=...` on the command line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+KERNELS = ('laplace', 'gaussian')
+NORMALIZATIONS = ('both', 'targets', 'none')
+PAPER_TEMPERATURES = (0.02, 0.05, 0.2)
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftOptions:
+    """Options of the drifting field (hashable, so it can be a static jit argument).
+
+    Attributes:
+      temperatures: kernel temperatures tau; one field per temperature, summed. Paper:
+        (0.02, 0.05, 0.2) with scale normalisation; the simple 2-D form uses (0.05,).
+      kernel: 'laplace' k = exp(-d / tau) (paper) or 'gaussian' k = exp(-d^2 / (2 tau^2)).
+      normalize: 'both' (paper: geometric mean of the softmax over targets and the softmax
+        over queries), 'targets' (softmax over targets only) or 'none' (raw kernel).
+      self_mask: mask x_i against y_neg_i, so a generated sample does not repel itself.
+        None means True when the negatives are the generated batch (y_neg=None), else
+        False. With explicit negatives, True masks pairs (i, i) for i < N (the first N
+        negatives must then be the queries, as in classifier-free guidance batches).
+      scale_dist: divide distances by their weighted mean over the batch and express the
+        field in coordinates scaled so that the mean distance is sqrt(D) (paper: on).
+      normalize_drift: divide each temperature's field by its RMS before summing (paper:
+        on). Off with a single temperature gives the plain mean-shift field.
+      block_size: targets per block for the blocked (streaming) form, which never builds
+        the N x M matrices; 0 or None chooses automatically (`select_block_size`: dense
+        while its matrices are small, blocked beyond).
+    """
+
+    temperatures: tuple[float, ...] = PAPER_TEMPERATURES
+    kernel: str = 'laplace'
+    normalize: str = 'both'
+    self_mask: bool | None = None
+    scale_dist: bool = True
+    normalize_drift: bool = True
+    block_size: int | None = None
+
+    def __post_init__(self):
+        temps = self.temperatures
+        if isinstance(temps, (int, float)):
+            temps = (temps,)
+        temps = tuple(float(t) for t in temps)
+        object.__setattr__(self, 'temperatures', temps)
+        validate_options(self)
+
+
+def validate_options(opts: DriftOptions) -> None:
+    """Raises ValueError naming the bad value and the valid choices."""
+    if not opts.temperatures:
+        raise ValueError('drift.temperatures is empty; give at least one, e.g. (0.05,).')
+    for t in opts.temperatures:
+        if not t > 0 or t != t or t == float('inf'):
+            raise ValueError(
+                f'drift.temperatures must all be positive and finite, got {opts.temperatures}.')
+    if opts.kernel not in KERNELS:
+        raise ValueError(f'drift.kernel={opts.kernel!r} is unknown; choose one of {KERNELS}.')
+    if opts.normalize not in NORMALIZATIONS:
+        raise ValueError(
+            f'drift.normalize={opts.normalize!r} is unknown; choose one of {NORMALIZATIONS}.')
+    bs = opts.block_size
+    if bs is not None and (isinstance(bs, bool) or not isinstance(bs, numbers.Integral)):
+        raise ValueError(
+            f'drift.block_size={bs!r} must be an integer number of targets per block, or '
+            '0/None for the automatic choice.')
+    if bs is not None and bs < 0:
+        raise ValueError(
+            f'drift.block_size={bs} must be a positive number of targets per block, or '
+            '0/None for the automatic choice.')
+
+
+def options_from_config(drift_config: Any) -> DriftOptions:
+    """Builds DriftOptions from a `config.drift` ConfigDict (or a dict)."""
+    cfg = dict(drift_config)
+    known = {f.name for f in dataclasses.fields(DriftOptions)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f'Unknown drift option(s) {unknown}; valid options: {sorted(known)}.')
+    if 'temperatures' in cfg and not isinstance(cfg['temperatures'], (int, float)):
+        cfg['temperatures'] = tuple(cfg['temperatures'])
+    return DriftOptions(**cfg)
