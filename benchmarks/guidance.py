@@ -71,11 +71,11 @@ def run_config(workdir: str):
 
 
 def trained_run(workdir: str):
-    """(task, state, step, train seconds) of a finished run in `workdir` (trained if needed)."""
+    """(run, state, step, train seconds) of a finished run in `workdir` (trained if needed)."""
     from drift_jax import train
     config = run_config(workdir)
     try:
-        task, state, step = train.load_run(workdir)
+        run, state, step = train.load_run(workdir)
     except FileNotFoundError:
         step = 0
     seconds = 0.0
@@ -83,8 +83,8 @@ def trained_run(workdir: str):
         start = time.perf_counter()
         train.train_and_evaluate(config, workdir)
         seconds = time.perf_counter() - start
-        task, state, step = train.load_run(workdir)
-    return task, state, step, seconds
+        run, state, step = train.load_run(workdir)
+    return run, state, step, seconds
 
 
 def is_monotone(values, increasing: bool, tolerance: float) -> bool:
@@ -92,24 +92,26 @@ def is_monotone(values, increasing: bool, tolerance: float) -> bool:
     return bool(np.all(d >= -tolerance) if increasing else np.all(d <= tolerance))
 
 
-def sweep(task, state, alphas, per_class: int, seed: int):
+def sweep(run, state, alphas, per_class: int, seed: int):
     """Records (one per alpha) and the evaluator's reference numbers on real test images."""
     import jax
 
+    from drift_jax import train
     from drift_jax.eval import images as image_eval
-    data, cfg = task.data, task.config
+    task, cfg = run.task, run.config
+    data = task.data
     train_x, train_y = data.class_arrays('train')
     test_split = 'test' if 'test' in data.info.split_sizes else 'validation'
     test_x, test_y = data.class_arrays(test_split)
     evaluator = image_eval.ImageEvaluator(
         train_x, train_y, test_x, test_y, task.num_classes, seed=cfg.train.seed,
         steps=cfg.eval.classifier_steps,
-        cache_dir=os.path.join(data._data_dir, 'drift_jax_eval_cache'))  # noqa: SLF001
+        cache_dir=os.path.join(data.data_dir, 'drift_jax_eval_cache'))
     labels = np.repeat(np.arange(task.num_classes), per_class).astype(np.int32)
     key = jax.random.PRNGKey(seed)
     records = []
     for alpha in alphas:
-        x = task.sample(state.ema_params, key, len(labels), labels=labels, alpha=alpha)
+        x = train.sample(run, state.ema_params, key, len(labels), labels=labels, alpha=alpha)
         x = x * 2.0 - 1.0                      # the data's (and the classifiers') [-1, 1]
         per_class_acc = evaluator.per_class_accuracy(x, labels)
         records.append({
@@ -162,11 +164,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = _WORKDIR.value or os.path.join(tmp, 'run')
-        task, state, step, train_seconds = trained_run(workdir)
+        run, state, step, train_seconds = trained_run(workdir)
         start = time.perf_counter()
-        records, reference = sweep(task, state, alphas, _PER_CLASS.value, _SEED.value)
+        records, reference = sweep(run, state, alphas, _PER_CLASS.value, _SEED.value)
         sweep_seconds = time.perf_counter() - start
-    cfg = task.config
+    cfg = run.config
     if alphas[-1] > cfg.guidance.alpha_max:
         print(f'note: alphas above guidance.alpha_max={cfg.guidance.alpha_max} extrapolate '
               'beyond the range seen in training.')
@@ -176,7 +178,7 @@ def main(argv):
         'spread_non_increasing': is_monotone([r['spread_ratio'] for r in records], False, tol),
     }
     summary = {'dataset': cfg.data.name, 'steps': step, 'alpha_max': cfg.guidance.alpha_max,
-               'samples_per_alpha': _PER_CLASS.value * task.num_classes,
+               'samples_per_alpha': _PER_CLASS.value * run.task.num_classes,
                'train_seconds': round(train_seconds, 1), 'sweep_seconds': round(sweep_seconds, 1),
                'tolerance': tol, **checks, **reference}
 

@@ -48,12 +48,12 @@ def main(argv):
             config.train.batch_size = b
             config.train.num_pos = b
         apply_overrides(config, _SET.value)
-        setup = train.make_task(config)
-        state = train.create_train_state(setup, 0)
-        if hasattr(setup, 'warm_start'):
-            state = setup.warm_start(state)
-        step = train.make_train_step(setup)
-        host = getattr(setup, 'host_batch', lambda i: None)
+        run = train.make_run(config)
+        state = run.method.warm_start(train.create_train_state(run, 0))
+        step = train.make_train_step(run)
+
+        def host(i, run=run):
+            return run.task.host_batch(i, run.method.host_batch_size)
         t0 = time.perf_counter()
         state, m = step(state, host(1))
         jax.block_until_ready(m)

@@ -19,7 +19,8 @@ _EXPORTS = {
     'create_train_state': 'drift_jax.train',
     'sample': 'drift_jax.train',
     'load_run': 'drift_jax.train',
-    'make_task': 'drift_jax.train',
+    'make_run': 'drift_jax.train',
+    'METHODS': 'drift_jax.methods',
     'energy_distance': 'drift_jax.eval.points',
 }
 

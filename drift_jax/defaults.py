@@ -12,6 +12,13 @@ import ml_collections
 def toy_config() -> ml_collections.ConfigDict:
     """Base config for low-dimensional data (toy shapes and a user's point cloud)."""
     c = ml_collections.ConfigDict()
+    # What is learned (drift_jax.methods.METHODS); the task ('toy' here) is the data side.
+    c.method = 'drifting'
+    c.task = 'toy'
+    # Per-method settings applied when that method is chosen, e.g.
+    # c.method_settings.NAME = ml_collections.ConfigDict({'train': {'steps': 5000}});
+    # values given on the command line win over them.
+    c.method_settings = ml_collections.ConfigDict()
 
     c.data = ml_collections.ConfigDict()
     c.data.name = 'spiral'        # one of drift_jax.data.DATASET_NAMES
@@ -65,6 +72,7 @@ def toy_config() -> ml_collections.ConfigDict:
     # Generated / held-out draw pairs averaged into energy_distance (one draw scatters widely).
     c.eval.draws = 8
     c.eval.plot_points = 2000     # points drawn in each sample plot
+    c.eval.extra_metrics = ()     # also log 'mmd' and/or 'sliced_wasserstein' (first draw)
 
     # Device mesh: `data` shards the batch (-1 = all devices), `fsdp` shards parameters.
     c.mesh = ml_collections.ConfigDict()
@@ -140,6 +148,7 @@ def image_config() -> ml_collections.ConfigDict:
     c.eval.grid_per_class = 10
     c.eval.classifier_steps = 600
     del c.eval['plot_points']
+    del c.eval['extra_metrics']
     del c.eval['draws']
     return c
 
@@ -147,7 +156,7 @@ def image_config() -> ml_collections.ConfigDict:
 def mae_config() -> ml_collections.ConfigDict:
     """Base config for training the feature encoder as a masked autoencoder."""
     c = image_config()
-    c.task = 'mae'
+    c.method = 'mae'
     c.mae = ml_collections.ConfigDict()
     c.mae.widths = (32, 64, 128)
     c.mae.blocks_per_stage = 1

@@ -1,11 +1,14 @@
 """Command-line front door: `python -m drift_jax.main --config=configs/spiral.py`.
 
-Parses flags and hands over to `train.train_and_evaluate`; everything else is importable.
+Parses flags, applies the chosen method's settings (`--config.method=NAME`) and hands over
+to `train.train_and_evaluate`; everything else is importable.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -32,6 +35,19 @@ def default_workdir(config_path: str) -> str:
     return os.path.join('workdirs', f'{name}_{arg}' if arg else name)
 
 
+def command_line_overrides(argv: list[str]) -> tuple[str, ...]:
+    """Dotted config names set on the command line (`--config.train.steps=5` -> train.steps).
+
+    They win over a config file's `method_settings` for the chosen method.
+    """
+    names = []
+    for arg in argv:
+        m = re.match(r'--config\.([\w.]+)', arg)
+        if m:
+            names.append(m.group(1))
+    return tuple(names)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -43,13 +59,18 @@ def main(argv):
         raise app.UsageError(str(e)) from e
     if spec is not None:      # Before anything touches jax devices.
         distributed.initialize(spec)
-    from drift_jax import train  # after flag parsing: importing jax early is slow for --help
+    # after flag parsing: importing jax early is slow for --help
+    from drift_jax import methods, train
 
     workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(
         flags.FLAGS['config']))
     logging.info('workdir: %s', os.path.abspath(workdir))
     print(f'drift_jax: workdir {os.path.abspath(workdir)}', flush=True)
-    result = train.train_and_evaluate(_CONFIG.value, workdir)
+    try:
+        config = methods.resolve_config(_CONFIG.value, keep=command_line_overrides(sys.argv))
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    result = train.train_and_evaluate(config, workdir)
     if result:
         summary = ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
                             for k, v in result.items())

@@ -36,14 +36,14 @@ def sample_workdir(workdir: str, num: int, seed: int = 0, labels=None,
     import jax
 
     from drift_jax import train
-    task, state, _ = train.load_run(workdir)
+    run, state, _ = train.load_run(workdir)
     key = jax.random.PRNGKey(seed)
-    if hasattr(task, 'num_classes'):
-        return train.sample(task, state.ema_params, key, num, labels=labels,
+    if run.task.kind == 'images':
+        return train.sample(run, state.ema_params, key, num, labels=labels,
                             alpha=1.0 if alpha is None else alpha)
     if labels is not None or alpha not in (None, 1.0):
         raise ValueError('--labels and --alpha apply to image workdirs only.')
-    return train.sample(task, state.ema_params, key, num)
+    return train.sample(run, state.ema_params, key, num)
 
 
 def main(argv):

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import pytest
 
 from drift_jax import field
-from drift_jax.models.mlp import encoders
+from drift_jax.methods import METHODS
+from drift_jax.models import encoders
 from drift_jax.models import image as image_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,15 +40,16 @@ def test_config_list_is_complete():
 @pytest.mark.parametrize('name', CONFIG_FILES)
 def test_config_builds(name):
     c = _load(name)
-    for field in ('data', 'model', 'drift', 'optim', 'train', 'eval', 'mesh'):
-        assert field in c, f'{name}: no {field} section'
+    for section in ('data', 'model', 'drift', 'optim', 'train', 'eval', 'mesh'):
+        assert section in c, f'{name}: no {section} section'
+    assert c.method in METHODS, name
     assert c.train.steps > 0 and c.eval.every > 0
     field.options_from_config(c.drift)
     task = c.get('task', 'toy')
     if task == 'toy':
         return
     h, w, ch, classes = IMAGE_SHAPES[c.data.name]
-    if task == 'mae':
+    if c.method == 'mae':
         mae = encoders.make_mae(ch, widths=tuple(c.mae.widths),
                                 blocks_per_stage=c.mae.blocks_per_stage,
                                 decoder_width=c.mae.decoder_width,

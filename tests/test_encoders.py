@@ -9,11 +9,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from sklearn.datasets import load_digits
 
 from drift_jax import field
-from drift_jax.models.mlp import encoders as enc
+from drift_jax.methods import features
+from drift_jax.models import encoders as enc
+from drift_jax.models import layers
 
 
 @pytest.fixture(autouse=True)
@@ -82,16 +85,36 @@ def test_random_patch_mask_masks_whole_patches():
         enc.random_patch_mask(jax.random.key(1), (5, 8, 8, 1), 0.01, 2)
 
 
+def _train_mae(module, images, steps: int, batch_size: int, lr: float, seed: int = 0):
+    """AdamW on the MAE objective, batches drawn with replacement inside a jitted step."""
+    images = jnp.asarray(images, jnp.float32)
+    init_key, train_key = jax.random.split(jax.random.key(seed))
+    params = jax.jit(module.init)(init_key, images[:1])['params']
+    tx = optax.adamw(lr, weight_decay=1e-4)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step_fn(params, opt_state, key):
+        batch_key, mask_key = jax.random.split(key)
+        idx = jax.random.randint(batch_key, (batch_size,), 0, images.shape[0])
+        grads, _ = jax.grad(enc.mae_loss, has_aux=True)(params, module, images[idx], mask_key,
+                                                       0.5, 2)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    for step in range(steps):
+        params, opt_state = step_fn(params, opt_state, jax.random.fold_in(train_key, step))
+    return params
+
+
 def test_mae_learns_digits():
     images = _digits()
     train, held_out = images[:1500], jnp.asarray(images[1500:])
-    kw = dict(widths=(8, 16), blocks_per_stage=1, decoder_width=16, batch_size=64, lr=3e-3,
-              mask_ratio=0.5, patch_size=2, seed=0)
     module = enc.make_mae(1, widths=(8, 16), blocks_per_stage=1, decoder_width=16)
     loss_fn = jax.jit(enc.mae_loss, static_argnames=('module', 'mask_ratio', 'patch_size'))
     key = jax.random.key(7)
-    before = loss_fn(enc.train_mae(train, steps=0, **kw), module, held_out, key, 0.5, 2)[1]
-    params = enc.train_mae(train, steps=60, **kw)
+    before = loss_fn(_train_mae(module, train, 0, 64, 3e-3), module, held_out, key, 0.5, 2)[1]
+    params = _train_mae(module, train, 60, 64, 3e-3)
     after = loss_fn(params, module, held_out, key, 0.5, 2)[1]
     assert np.isfinite(float(after['loss']))
     assert float(after['loss']) < 0.5 * float(before['loss'])
@@ -120,7 +143,7 @@ def test_feature_sets_shapes_and_values():
     shapes = [(3, 8, 8, 4), (3, 7, 7, 6), (3, 2, 2, 5), (3, 1, 1, 2)]
     maps = [rng.normal(size=s).astype(np.float32) for s in shapes]
     raw = rng.uniform(-1, 1, size=(3, 8, 8, 2)).astype(np.float32)
-    feats = enc.feature_sets([jnp.asarray(m) for m in maps], jnp.asarray(raw))
+    feats = features.feature_sets([jnp.asarray(m) for m in maps], jnp.asarray(raw))
     got = {k: v.shape for k, v in feats.items()}
     assert got == {
         'block0/locations': (3, 64, 4), 'block0/global_mean': (3, 1, 4),
@@ -153,13 +176,13 @@ def test_feature_sets_shapes_and_values():
     np.testing.assert_allclose(feats['energy'][:, 0], (raw ** 2).mean((1, 2)), rtol=1e-5)
 
     # Selections: without 'locations' a 1x1 map keeps its global mean; no raw images, no raw.
-    only = enc.feature_sets([jnp.asarray(maps[3])], None, include=('global', 'raw'))
+    only = features.feature_sets([jnp.asarray(maps[3])], None, include=('global', 'raw'))
     assert list(only) == ['block0/global_mean']
 
 
 def test_feature_sets_rejects_unknown_kind():
     with pytest.raises(ValueError, match='patch8'):
-        enc.feature_sets([jnp.zeros((2, 4, 4, 3))], None, include=('global', 'patch8'))
+        features.feature_sets([jnp.zeros((2, 4, 4, 3))], None, include=('global', 'patch8'))
 
 
 def _grouped(feats: dict, groups: int) -> dict:
@@ -178,13 +201,13 @@ def test_feature_drift_loss_sum_and_gradients():
     real = jnp.asarray(_digits()[:g * n_pos])
     opts = field.DriftOptions()
     w_pos = jax.random.uniform(k3, (g, n_pos), minval=0.5, maxval=1.5)
-    extract = jax.jit(lambda im: enc.extract_feature_sets(model, params, im, include=include))
+    extract = jax.jit(lambda im: features.extract_feature_sets(model, params, im, include=include))
     pos = _grouped(extract(real), g)
 
     def loss_fn(images, enc_params):
         gen_feats = _grouped(
-            enc.extract_feature_sets(model, enc_params, images, include=include), g)
-        loss, metrics = enc.feature_drift_loss(gen_feats, pos, None, opts, weights_pos=w_pos)
+            features.extract_feature_sets(model, enc_params, images, include=include), g)
+        loss, metrics = features.feature_drift_loss(gen_feats, pos, None, opts, weights_pos=w_pos)
         # The same sum, one drift_loss call per set on [G * T, N, D] groups.
         manual = 0.0
         for name, x in gen_feats.items():
@@ -213,13 +236,13 @@ def test_feature_drift_loss_sum_and_gradients():
 def test_feature_drift_loss_bad_inputs():
     x = {'a': jnp.zeros((2, 3, 1, 4)), 'b': jnp.zeros((2, 3, 2, 4))}
     with pytest.raises(ValueError, match="'b'"):
-        enc.feature_drift_loss(x, {'a': x['a']})
+        features.feature_drift_loss(x, {'a': x['a']})
     with pytest.raises(ValueError, match="'c'"):
-        enc.feature_drift_loss(x, {**x, 'c': x['a']})
+        features.feature_drift_loss(x, {**x, 'c': x['a']})
     with pytest.raises(ValueError, match='scale_dist'):
-        enc.feature_drift_loss(x, x, opts=field.DriftOptions(scale_dist=False))
+        features.feature_drift_loss(x, x, opts=field.DriftOptions(scale_dist=False))
     with pytest.raises(ValueError, match="pos_feats\\['a'\\]"):
-        enc.feature_drift_loss(x, {'a': jnp.zeros((2, 3, 1, 5)), 'b': x['b']})
+        features.feature_drift_loss(x, {'a': jnp.zeros((2, 3, 1, 5)), 'b': x['b']})
 
 
 def test_mae_patch_grid_count():
@@ -234,7 +257,7 @@ def test_group_norm_equals_flax_group_norm(shape, groups):
     """Same parameters, same outputs and input gradients as flax.linen.GroupNorm."""
     import flax.linen as nn
     x = 3.0 + 2.0 * jax.random.normal(jax.random.PRNGKey(0), shape)
-    ours, ref = enc.GroupNorm(num_groups=groups), nn.GroupNorm(num_groups=groups)
+    ours, ref = layers.GroupNorm(num_groups=groups), nn.GroupNorm(num_groups=groups)
     params = ref.init(jax.random.PRNGKey(1), x)
     assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == \
         jax.tree.map(jnp.shape, params)
@@ -248,4 +271,4 @@ def test_group_norm_equals_flax_group_norm(shape, groups):
         return jax.jit(jax.grad(lambda v: jnp.sum(jnp.sin(module.apply(params, v)))))(x)
     np.testing.assert_allclose(grad_of(ours), grad_of(ref), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match='do not split'):
-        enc.GroupNorm(num_groups=5).init(jax.random.PRNGKey(0), x)
+        layers.GroupNorm(num_groups=5).init(jax.random.PRNGKey(0), x)

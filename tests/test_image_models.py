@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from drift_jax.models.mlp import image as im
+from drift_jax.models import image as im
 
 IMAGE_SHAPES = [(8, 8, 1), (28, 28, 1), (32, 32, 3)]
 NUM_CLASSES = 10

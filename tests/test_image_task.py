@@ -86,12 +86,12 @@ def test_sample_cli_images_with_labels_and_alpha(image_run, tmp_path):
 
 def test_sampling_rejects_bad_labels_and_alpha(image_run):
     workdir, _ = image_run
-    task, state, _ = train.load_run(workdir)
+    run, state, _ = train.load_run(workdir)
     import jax
     with pytest.raises(ValueError, match=r'\[10, 12\] are outside the 10 classes'):
-        task.sample(state.ema_params, jax.random.PRNGKey(0), 4, labels=[1, 10, 12])
+        train.sample(run, state.ema_params, jax.random.PRNGKey(0), 4, labels=[1, 10, 12])
     with pytest.raises(ValueError, match='alpha must be >= 1'):
-        task.sample(state.ema_params, jax.random.PRNGKey(0), 4, alpha=0.5)
+        train.sample(run, state.ema_params, jax.random.PRNGKey(0), 4, alpha=0.5)
 
 
 def test_missing_dataset_fails_at_once_with_instructions(data_dir, tmp_path):
@@ -111,14 +111,14 @@ def test_missing_dataset_fails_at_once_with_instructions(data_dir, tmp_path):
 def test_bad_image_config(data_dir, overrides, error, message):
     config = tiny_image_config(data_dir, **overrides)
     with pytest.raises(error, match=message):
-        train.make_task(config)
+        train.make_run(config)
 
 
 def test_encoder_workdir_of_wrong_kind_is_rejected(data_dir, image_run):
     workdir, _ = image_run          # a generator run, not an MAE run
     config = tiny_image_config(data_dir, **{'encoder.name': 'mae', 'encoder.workdir': workdir})
     with pytest.raises(ValueError, match="expected an MAE run"):
-        train.make_task(config)
+        train.make_run(config)
 
 
 @pytest.fixture(scope='module')
@@ -161,23 +161,24 @@ def test_feature_bank_gives_the_loss_of_the_image_bank(data_dir, mae_dir):
     config = tiny_image_config(data_dir, **{
         'encoder.name': 'mae', 'encoder.workdir': mae_dir, 'model.name': 'mlp',
         'model.hidden': 32, 'model.depth': 1, 'encoder.feature_sets': ('locations',)})
-    feat_task = train.make_task(config)
-    img_task = copy.copy(feat_task)     # the same task with a bank of images
-    img_task.bank_features = False
-    state = train.create_train_state(feat_task, 0)
-    tasks = (feat_task, img_task)
-    states = [t.warm_start(state.replace(extra=t.init(jax.random.PRNGKey(0))[1]))
-              for t in tasks]
+    run = train.make_run(config)
+    feat_method = run.method
+    img_method = copy.copy(feat_method)     # the same method with a bank of images
+    img_method.bank_features = False
+    state = train.create_train_state(run, 0)
+    methods_ = (feat_method, img_method)
+    states = [m.warm_start(state.replace(extra=m.init(jax.random.PRNGKey(0))[1]))
+              for m in methods_]
     feat_state, img_state = states
-    assert feat_task.bank_features and isinstance(feat_state.extra.images, dict)
+    assert feat_method.bank_features and isinstance(feat_state.extra.images, dict)
     images = img_state.extra.images
-    encoded = jax.jit(img_task.encoder.features)(images.reshape(-1, *images.shape[2:]))
+    encoded = jax.jit(img_method.encoder.features)(images.reshape(-1, *images.shape[2:]))
     for name, value in encoded.items():
         np.testing.assert_allclose(np.asarray(feat_state.extra.images[name]).reshape(
             value.shape), value, rtol=1e-5, atol=1e-5, err_msg=name)
-    key, batch = jax.random.PRNGKey(3), img_task.host_batch(1)
-    outs = [jax.jit(jax.value_and_grad(task.loss, has_aux=True))(
-        state.params, state.extra, key, batch) for task, state in zip(tasks, states, strict=True)]
+    key, batch = jax.random.PRNGKey(3), run.task.host_batch(1, img_method.host_batch_size)
+    outs = [jax.jit(jax.value_and_grad(m.updates()[0].loss, has_aux=True))(
+        state.params, state.extra, key, batch) for m, state in zip(methods_, states, strict=True)]
     (loss_f, _), grad_f = outs[0]
     (loss_i, _), grad_i = outs[1]
     assert float(loss_f) > 0

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from drift_jax.data import memory_bank as mb
+from drift_jax.methods import guidance
 
 SHAPE = (2, 3)
 # Jitted once per module: eager dispatch of the many small ops is slower than compiling.
@@ -152,29 +153,29 @@ def test_bank_is_a_pytree_of_arrays():
 
 def test_power_law_alpha_range_and_cdf():
     key = jax.random.key(0)
-    np.testing.assert_array_equal(mb.power_law_alpha(key, (7,), 1.0, 3.0), 1.0)
+    np.testing.assert_array_equal(guidance.power_law_alpha(key, (7,), 1.0, 3.0), 1.0)
     n = 20000
     for exponent in (0.0, 1.0, 3.0, 0.999):
-        alpha = np.asarray(mb.power_law_alpha(key, (n,), 4.0, exponent))
+        alpha = np.asarray(guidance.power_law_alpha(key, (n,), 4.0, exponent))
         assert alpha.shape == (n,) and alpha.min() >= 1.0 and alpha.max() <= 4.0
         # Empirical CDF at a few points matches the analytic one (sd ~ 0.0035).
         for a in (1.2, 2.0, 3.0):
-            expected = float(mb.power_law_cdf(a, 4.0, exponent))
+            expected = float(guidance.power_law_cdf(a, 4.0, exponent))
             assert abs((alpha < a).mean() - expected) < 0.015, (exponent, a)
     # Closed forms: log-uniform median sqrt(4) = 2; exponent 0 is uniform on [1, 4].
-    assert float(mb.power_law_cdf(2.0, 4.0, 1.0)) == pytest.approx(0.5)
-    assert float(mb.power_law_cdf(2.5, 4.0, 0.0)) == pytest.approx(0.5)
+    assert float(guidance.power_law_cdf(2.0, 4.0, 1.0)) == pytest.approx(0.5)
+    assert float(guidance.power_law_cdf(2.5, 4.0, 0.0)) == pytest.approx(0.5)
     with pytest.raises(ValueError, match='alpha_max'):
-        mb.power_law_alpha(key, (3,), 0.5)
+        guidance.power_law_alpha(key, (3,), 0.5)
 
 
 def test_cfg_negative_weight():
     alpha = jnp.array([1.0, 2.0, 3.5])
-    np.testing.assert_allclose(mb.cfg_negative_weight(alpha, 16, 32),
+    np.testing.assert_allclose(guidance.cfg_negative_weight(alpha, 16, 32),
                                (np.array([1.0, 2.0, 3.5]) - 1) * 15 / 32)
-    assert mb.cfg_negative_weight(1.0, 8, 4) == 0.0
+    assert guidance.cfg_negative_weight(1.0, 8, 4) == 0.0
     with pytest.raises(ValueError, match='n_uncond'):
-        mb.cfg_negative_weight(2.0, 8, 0)
+        guidance.cfg_negative_weight(2.0, 8, 0)
 
 
 def test_dict_samples_follow_the_same_slots_as_array_samples():

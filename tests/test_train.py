@@ -206,8 +206,8 @@ def test_toy_evaluator_scores_data_near_one_and_a_shift_far_above():
     """Data draws as the 'generated' samples score ~1 (both sides averaged over draws, the
     floor an expectation); the same draws shifted by 0.1 data std (~3 mode widths) do not."""
     config = tiny_config(**{'data.name': 'twenty_five_gaussians', 'eval.num_samples': 1000})
-    task = train.make_task(config)
-    evaluator = train.ToyEvaluator(task, seed=0)
+    task = train.make_run(config).task
+    evaluator = task.make_evaluator(seed=0)
     keys = jax.random.split(jax.random.PRNGKey(123), config.eval.draws)
     data_draws = [np.asarray(task.dataset.sample(k, 1000, split='eval')) for k in keys]
     good = evaluator.score(data_draws)

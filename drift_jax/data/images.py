@@ -191,7 +191,7 @@ class ImageData:
             download = False
         else:
             self._spec = name
-        self._data_dir = data_dir
+        self.data_dir = data_dir
         self._sources: dict[str, Sequence[Any]] = dict(
             tfds.data_source(
                 self._spec,
@@ -293,7 +293,7 @@ class ImageData:
                 source = tfds.data_source(
                     self._spec,
                     split=split,
-                    data_dir=self._data_dir,
+                    data_dir=self.data_dir,
                     download=False,
                     decoders={'image': tfds.decode.SkipDecoding()},
                 )

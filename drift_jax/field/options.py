@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Sequence
 from typing import Any
 
 KERNELS = ('laplace', 'gaussian')

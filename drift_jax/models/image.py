@@ -17,14 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from drift_jax.models.encoders import GroupNorm
+from drift_jax.models.layers import GroupNorm, num_groups
 
 IMAGE_MODEL_NAMES = ('conv', 'dit', 'mlp')
-
-
-def _num_groups(channels: int, max_groups: int = 32) -> int:
-    """Largest power-of-two group count <= max_groups that divides `channels`."""
-    return math.gcd(channels, max_groups)
 
 
 class ConditionEmbedding(nn.Module):
@@ -66,7 +61,7 @@ class FiLMResBlock(nn.Module):
     def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
         h = x
         for i in range(2):
-            h = GroupNorm(num_groups=_num_groups(h.shape[-1]), dtype=self.dtype,
+            h = GroupNorm(num_groups=num_groups(h.shape[-1]), dtype=self.dtype,
                           name=f'norm_{i}')(h)
             film = nn.Dense(2 * h.shape[-1], dtype=self.dtype, name=f'film_{i}')(nn.silu(cond))
             scale, shift = jnp.split(film[:, None, None, :], 2, axis=-1)
@@ -141,7 +136,7 @@ class ConvGenerator(nn.Module):
                 h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), 'nearest')
                 h = nn.Conv(self._channels(ups - level - 1), (3, 3), dtype=self.dtype,
                             name=f'up_{level}')(h)
-        h = nn.silu(GroupNorm(num_groups=_num_groups(h.shape[-1]), dtype=self.dtype,
+        h = nn.silu(GroupNorm(num_groups=num_groups(h.shape[-1]), dtype=self.dtype,
                               name='out_norm')(h))
         h = nn.Conv(int(self.image_shape[2]), (3, 3), dtype=self.dtype, name='out_conv')(h)
         h = h.astype(jnp.float32)
