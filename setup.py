@@ -24,13 +24,13 @@ setup(
         'tqdm>=4.66',
         'tensorboardX>=2.6',
         'grain>=0.2',
-        'scikit-learn>=1.3',   # bundled 8x8 digits: the offline image dataset
+        'scikit-learn>=1.3',  # bundled 8x8 digits: the offline image dataset
     ],
     extras_require={
         'test': [
             'pytest>=8',
             'pytest-timeout>=2.3',
-            'pytest-xdist>=3.5',   # the suite runs on two workers (pyproject addopts)
+            'pytest-xdist>=3.5',  # the suite runs on two workers (pyproject addopts)
             'ruff>=0.6',
             'nbformat>=5.9',
             'nbclient>=0.10',

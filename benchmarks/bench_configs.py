@@ -1,9 +1,9 @@
 """Config loading shared by the benchmark scripts (they run as scripts, so this sits beside them).
 
-    load_config('spiral')                 # configs/spiral.py
-    load_config('bimodal:far')            # get_config('far')
-    load_config('configs/mnist.py')       # any config file by path
-    apply_overrides(config, ['train.steps=100', 'encoder.bank_features=false'])
+load_config('spiral')                 # configs/spiral.py
+load_config('bimodal:far')            # get_config('far')
+load_config('configs/mnist.py')       # any config file by path
+apply_overrides(config, ['train.steps=100', 'encoder.bank_features=false'])
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ def load_config(spec: str):
     if not os.path.exists(path):
         raise FileNotFoundError(f'config {target!r} does not exist ({path}).')
     module_spec = importlib.util.spec_from_file_location(
-        os.path.splitext(os.path.basename(path))[0], path)
+        os.path.splitext(os.path.basename(path))[0], path
+    )
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module.get_config(arg) if arg else module.get_config()

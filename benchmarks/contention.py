@@ -41,39 +41,55 @@ KINDS = ('matmul', 'exp_in_cache', 'memory_stream', 'blocked', 'naive')
 
 def _timer(f: Callable, args: tuple, warm: bool) -> Callable[[], float]:
     """() -> wall ms of one call of compiled f (after a warm-up call when warm)."""
+
     def run():
         if warm:
             jax.block_until_ready(f(*args))
         t0 = time.perf_counter()
         jax.block_until_ready(f(*args))
         return 1e3 * (time.perf_counter() - t0)
+
     return run
 
 
-def make_timers(n: int = 4096, m: int = 8192, d: int = 64,
-                temps: tuple[float, ...] = (0.05,)) -> dict[str, Callable[[], float]]:
+def make_timers(
+    n: int = 4096, m: int = 8192, d: int = 64, temps: tuple[float, ...] = (0.05,)
+) -> dict[str, Callable[[], float]]:
     """{kind: () -> ms} for KINDS (the fields at n queries x m targets, dimension d)."""
     x, y_pos, y_neg, self_mask = bench.inputs(n, m, d)
     fields = {}
     for impl in ('blocked', 'naive'):
         if impl == 'naive':
+
             def fn(x, yp, yn):
                 return bench.naive(x, yp, yn, temps, self_mask, True)
         else:
             fn = bench.library(impl, None, temps, self_mask, True)
         fields[impl] = jax.jit(fn).lower(x, y_pos, y_neg).compile()
-    small = jax.random.normal(jax.random.key(3), (256, 1024))                    # 1 MB
-    exp = jax.jit(lambda s: jax.lax.fori_loop(
-        0, 200, lambda i, s: jnp.exp(-jnp.abs(s)) + 0.5 * s, s)).lower(small).compile()
-    big = jax.random.normal(jax.random.key(4), (64, 1024, 1024))                 # 256 MB
+    small = jax.random.normal(jax.random.key(3), (256, 1024))  # 1 MB
+    exp = (
+        jax.jit(lambda s: jax.lax.fori_loop(0, 200, lambda i, s: jnp.exp(-jnp.abs(s)) + 0.5 * s, s))
+        .lower(small)
+        .compile()
+    )
+    big = jax.random.normal(jax.random.key(4), (64, 1024, 1024))  # 256 MB
     stream = jax.jit(lambda g: jnp.sum(1.5 * g + 1.0)).lower(big).compile()
     a = jax.random.normal(jax.random.key(7), (n, d + 2))
     b = jax.random.normal(jax.random.key(8), (m // 128, 128, d + 2))
-    mm = jax.jit(lambda a, b: jax.lax.scan(lambda c, bk: (c + jnp.sum(a @ bk.T), None),
-                                           jnp.zeros(()), b)[0]).lower(a, b).compile()
-    timers = {'matmul': _timer(mm, (a, b), warm=False),
-              'exp_in_cache': _timer(exp, (small,), warm=False),
-              'memory_stream': _timer(stream, (big,), warm=False)}
+    mm = (
+        jax.jit(
+            lambda a, b: jax.lax.scan(
+                lambda c, bk: (c + jnp.sum(a @ bk.T), None), jnp.zeros(()), b
+            )[0]
+        )
+        .lower(a, b)
+        .compile()
+    )
+    timers = {
+        'matmul': _timer(mm, (a, b), warm=False),
+        'exp_in_cache': _timer(exp, (small,), warm=False),
+        'memory_stream': _timer(stream, (big,), warm=False),
+    }
     for impl, f in fields.items():
         timers[impl] = _timer(f, (x, y_pos, y_neg), warm=True)
     return timers
@@ -96,7 +112,8 @@ def summarize(rows: list[dict]) -> dict:
     if len(rows) > 2:
         blocked = [r['blocked'] for r in rows]
         out['correlation_with_blocked'] = {
-            k: _correlation([r[k] for r in rows], blocked) for k in KINDS if k != 'blocked'}
+            k: _correlation([r[k] for r in rows], blocked) for k in KINDS if k != 'blocked'
+        }
     return out
 
 
@@ -116,11 +133,12 @@ def plot(rows: list[dict], path: str) -> str:
     for k in KINDS:
         values = [r[k] for r in rows]
         med = statistics.median(values)
-        top.plot(it, [v / med for v in values], '.-', lw=0.8, ms=3,
-                 label=f'{k} (median {med:.0f} ms)')
+        top.plot(
+            it, [v / med for v in values], '.-', lw=0.8, ms=3, label=f'{k} (median {med:.0f} ms)'
+        )
     top.axhline(1.0, color='grey', lw=0.6)
     low, high = top.get_ylim()
-    top.set_ylim(low, high + 0.45 * (high - low))      # room for the legend
+    top.set_ylim(low, high + 0.45 * (high - low))  # room for the legend
     top.set_ylabel('time / own median')
     top.legend(fontsize=7, ncol=3, loc='upper left')
     top.set_title('4096 x 8192, D=64, one temperature: calls timed seconds apart', fontsize=9)
@@ -139,9 +157,11 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], dict]:
     p.add_argument('--iters', type=int, default=60, help='iterations (about 2.5 s each)')
     p.add_argument('--json', default=None, help='write the rows and the summary here')
     p.add_argument('--plot', default=None, help='write a PNG of the iterations here')
-    p.add_argument('--replot', default=None,
-                   help="summarize and plot the rows of an earlier run's --json file "
-                   '(no timing)')
+    p.add_argument(
+        '--replot',
+        default=None,
+        help="summarize and plot the rows of an earlier run's --json file (no timing)",
+    )
     args = p.parse_args(argv)
     if args.iters < 1:
         p.error(f'--iters must be >= 1, got {args.iters}')
@@ -155,14 +175,20 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], dict]:
     else:
         rows = measure(args.iters)
     summary = summarize(rows)
-    print('percentiles 10 / 50 / 90 (ms): ' + ', '.join(
-        f'{k} ' + ' / '.join(f'{v:.1f}' for v in summary[k]) for k in KINDS))
-    print('speed-up naive / blocked per iteration: '
-          + ' / '.join(f'{v:.2f}' for v in summary['speedup'])
-          + f'; at least 3x in {100 * summary["at_least_3x"]:.0f}% of the iterations')
+    print(
+        'percentiles 10 / 50 / 90 (ms): '
+        + ', '.join(f'{k} ' + ' / '.join(f'{v:.1f}' for v in summary[k]) for k in KINDS)
+    )
+    print(
+        'speed-up naive / blocked per iteration: '
+        + ' / '.join(f'{v:.2f}' for v in summary['speedup'])
+        + f'; at least 3x in {100 * summary["at_least_3x"]:.0f}% of the iterations'
+    )
     if 'correlation_with_blocked' in summary:
-        print('correlation with the blocked field\'s time: ' + ', '.join(
-            f'{k} {v:.2f}' for k, v in summary['correlation_with_blocked'].items()))
+        print(
+            "correlation with the blocked field's time: "
+            + ', '.join(f'{k} {v:.2f}' for k, v in summary['correlation_with_blocked'].items())
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({'rows': rows, 'summary': summary}, indent=1))
     if args.plot:
@@ -180,8 +206,12 @@ def measure(iters: int) -> list[dict]:
     for i in range(iters):
         rows.append({k: timers[k]() for k in KINDS})
         r = rows[-1]
-        print(f'{i:4d} ' + ' '.join(f'{r[k]:13.1f}' for k in KINDS)
-              + f'  {r["naive"] / r["blocked"]:13.2f}', flush=True)
+        print(
+            f'{i:4d} '
+            + ' '.join(f'{r[k]:13.1f}' for k in KINDS)
+            + f'  {r["naive"] / r["blocked"]:13.2f}',
+            flush=True,
+        )
     return rows
 
 

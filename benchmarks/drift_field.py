@@ -43,8 +43,7 @@ def naive(x, y_pos, y_neg, temps, self_mask=True, paper=True):
     """
     n, m_neg = x.shape[0], y_neg.shape[0]
     targets = jnp.concatenate([y_neg, y_pos], 0)
-    sq = (jnp.sum(x ** 2, -1)[:, None] + jnp.sum(targets ** 2, -1)[None]
-          - 2 * x @ targets.T)
+    sq = jnp.sum(x**2, -1)[:, None] + jnp.sum(targets**2, -1)[None] - 2 * x @ targets.T
     dist = jnp.sqrt(jnp.maximum(sq, 1e-12))
     eye = jnp.arange(n)[:, None] == jnp.arange(targets.shape[0])[None]
     eye = eye & self_mask
@@ -59,9 +58,10 @@ def naive(x, y_pos, y_neg, temps, self_mask=True, paper=True):
         log_a = 0.5 * (jax.nn.log_softmax(logits, 1) + jax.nn.log_softmax(logits, 0))
         a = jnp.where(eye, 0.0, jnp.exp(log_a))
         a_neg, a_pos = a[:, :m_neg], a[:, m_neg:]
-        v_t = (a_neg.sum(1, keepdims=True) * (a_pos @ y_scaled[m_neg:])
-               - a_pos.sum(1, keepdims=True) * (a_neg @ y_scaled[:m_neg]))
-        v = v + (v_t / jnp.sqrt(jnp.mean(v_t ** 2)) if paper else v_t)
+        v_t = a_neg.sum(1, keepdims=True) * (a_pos @ y_scaled[m_neg:]) - a_pos.sum(
+            1, keepdims=True
+        ) * (a_neg @ y_scaled[:m_neg])
+        v = v + (v_t / jnp.sqrt(jnp.mean(v_t**2)) if paper else v_t)
     return v * (scale / math.sqrt(x.shape[1])) if paper else v
 
 
@@ -74,21 +74,35 @@ def library(form, block_size, temps, self_mask=True, paper=True):
 
     form 'dense_allgroups': the dense form with every group vectorised at once (no chunks
     of groups, see field_lib.group_chunk), to show what the chunking buys; 'blocked_twoexp':
-    the blocked form without its one-exp block terms (engine.one_exp_terms);
+    the blocked form without its one-exp block terms (one_exp.one_exp_terms);
     'blocked_yneg': the blocked form given the negatives explicitly (y_neg=x, so no
     symmetric first pass).
     """
-    opts = field_lib.DriftOptions(temperatures=temps, self_mask=self_mask, block_size=block_size,
-                              scale_dist=paper, normalize_drift=paper)
+    opts = field_lib.DriftOptions(
+        temperatures=temps,
+        self_mask=self_mask,
+        block_size=block_size,
+        scale_dist=paper,
+        normalize_drift=paper,
+    )
     forms = {'dense_allgroups': 'dense', 'blocked_twoexp': 'blocked', 'blocked_yneg': 'blocked'}
 
     def field(x, y_pos, y_neg):
         no_negs = self_mask and form != 'blocked_yneg'
         _, v, coord_scale, _, _ = field_lib.driver.field_scaled(
-            x, y_pos, None if no_negs else y_neg, None, None, opts, form=forms.get(form, form),
-            chunk_groups=form != 'dense_allgroups', one_exp=form != 'blocked_twoexp')
+            x,
+            y_pos,
+            None if no_negs else y_neg,
+            None,
+            None,
+            opts,
+            form=forms.get(form, form),
+            chunk_groups=form != 'dense_allgroups',
+            one_exp=form != 'blocked_twoexp',
+        )
         v = v * coord_scale[:, None, None]
         return v if x.ndim == 3 else v[0]
+
     return field
 
 
@@ -139,8 +153,10 @@ def timed(fns, repeats, rounds=1):
                 cpus[name].append(time.process_time() - c0)
             walls[name] += round_walls
             per_round[name].append(1e3 * statistics.median(round_walls))
-    return {k: (1e3 * statistics.median(walls[k]), 1e3 * statistics.median(cpus[k]),
-                per_round[k]) for k in fns}
+    return {
+        k: (1e3 * statistics.median(walls[k]), 1e3 * statistics.median(cpus[k]), per_round[k])
+        for k in fns
+    }
 
 
 def run_case(n, m, d, temps, impls, block_size, repeats, paper=True, groups=1, rounds=1):
@@ -157,6 +173,7 @@ def run_case(n, m, d, temps, impls, block_size, repeats, paper=True, groups=1, r
     fns = {'matmul': (jax.jit(jnp.matmul).lower(a, b).compile(), (a, b))}
     for impl in impls:
         if impl == 'naive':
+
             def fn(x, yp, yn):
                 one = lambda x, yp, yn: naive(x, yp, yn, temps, self_mask, paper)  # noqa: E731
                 return jax.vmap(one)(x, yp, yn) if groups > 1 else one(x, yp, yn)
@@ -171,21 +188,36 @@ def run_case(n, m, d, temps, impls, block_size, repeats, paper=True, groups=1, r
         ms, cpu_ms, round_ms = times[impl]
         outputs[impl] = compiled(*args)
         flops = (2 + 2 * len(temps)) * n * m * d * groups
-        records.append(dict(
-            impl=impl, options='paper' if paper else 'simple', groups=groups, n=n, m=m, d=d,
-            temps=list(temps), ms=ms, cpu_ms=cpu_ms, round_ms=round_ms,
-            entries_per_s=groups * n * m * len(temps) / (ms * 1e-3),
-            gflops=flops / (ms * 1e-3) / 1e9,
-            pct_matmul=100 * flops / (ms * 1e-3) / 1e9 / mm_gflops, matmul_gflops=mm_gflops,
-            peak_mb=peak_mb(compiled), speedup_vs_naive=None, speedup_rounds=None,
-            max_rel_diff=None))
+        records.append(
+            dict(
+                impl=impl,
+                options='paper' if paper else 'simple',
+                groups=groups,
+                n=n,
+                m=m,
+                d=d,
+                temps=list(temps),
+                ms=ms,
+                cpu_ms=cpu_ms,
+                round_ms=round_ms,
+                entries_per_s=groups * n * m * len(temps) / (ms * 1e-3),
+                gflops=flops / (ms * 1e-3) / 1e9,
+                pct_matmul=100 * flops / (ms * 1e-3) / 1e9 / mm_gflops,
+                matmul_gflops=mm_gflops,
+                peak_mb=peak_mb(compiled),
+                speedup_vs_naive=None,
+                speedup_rounds=None,
+                max_rel_diff=None,
+            )
+        )
     ref = outputs.get('dense', outputs.get('naive'))
     base = next((r for r in records if r['impl'] == 'naive'), None)
     for r in records:
         if base is not None:
             r['speedup_vs_naive'] = base['ms'] / r['ms']
-            r['speedup_rounds'] = [b / t for b, t in zip(base['round_ms'], r['round_ms'],
-                                                         strict=True)]
+            r['speedup_rounds'] = [
+                b / t for b, t in zip(base['round_ms'], r['round_ms'], strict=True)
+            ]
         if ref is not None:
             out = outputs[r['impl']]
             r['max_rel_diff'] = float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))
@@ -197,23 +229,28 @@ def fmt(v, spec):
 
 
 def print_table(records):
-    head = (f"{'impl':15s} {'options':7s} {'G':>5s} {'n':>6s} {'m':>6s} {'d':>4s} {'T':>2s} "
-            f"{'ms':>9s} "
-            f"{'cpu_ms':>9s} "
-            f"{'Mentry/s':>9s} {'GFLOP/s':>8s} {'%mm':>6s} {'peak_MB':>8s} {'vs naive':>8s} "
-            f"{'rel_diff':>9s} {'rounds vs naive':>15s}")
+    head = (
+        f'{"impl":15s} {"options":7s} {"G":>5s} {"n":>6s} {"m":>6s} {"d":>4s} {"T":>2s} '
+        f'{"ms":>9s} '
+        f'{"cpu_ms":>9s} '
+        f'{"Mentry/s":>9s} {"GFLOP/s":>8s} {"%mm":>6s} {"peak_MB":>8s} {"vs naive":>8s} '
+        f'{"rel_diff":>9s} {"rounds vs naive":>15s}'
+    )
     # %mm: % of the same-shape matmul's GFLOP/s; rel_diff: vs dense (or naive); rounds vs
     # naive: the smallest and largest speed-up among the rounds' medians.
     print(head)
     print('-' * len(head))
     for r in records:
-        print(f"{r['impl']:15s} {r['options']:7s} {r.get('groups', 1):5d} {r['n']:6d} "
-              f"{r['m']:6d} {r['d']:4d} "
-              f"{len(r['temps']):2d} {r['ms']:9.1f} {r['cpu_ms']:9.1f} "
-              f"{r['entries_per_s'] / 1e6:9.1f} "
-              f"{r['gflops']:8.1f} {r['pct_matmul']:6.1f} {fmt(r['peak_mb'], '8.0f')} "
-              f"{fmt(r['speedup_vs_naive'], '8.2f')} {fmt(r['max_rel_diff'], '9.1e')} "
-              f"{_spread(r['speedup_rounds']):>15s}", flush=True)
+        print(
+            f'{r["impl"]:15s} {r["options"]:7s} {r.get("groups", 1):5d} {r["n"]:6d} '
+            f'{r["m"]:6d} {r["d"]:4d} '
+            f'{len(r["temps"]):2d} {r["ms"]:9.1f} {r["cpu_ms"]:9.1f} '
+            f'{r["entries_per_s"] / 1e6:9.1f} '
+            f'{r["gflops"]:8.1f} {r["pct_matmul"]:6.1f} {fmt(r["peak_mb"], "8.0f")} '
+            f'{fmt(r["speedup_vs_naive"], "8.2f")} {fmt(r["max_rel_diff"], "9.1e")} '
+            f'{_spread(r["speedup_rounds"]):>15s}',
+            flush=True,
+        )
 
 
 def _spread(values):
@@ -223,46 +260,79 @@ def _spread(values):
     return f'{min(values):.2f}-{max(values):.2f}'
 
 
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--n', type=int, default=4096, help='queries')
-    p.add_argument('--m', type=int, default=8192,
-                   help='targets: the n queries as negatives + m - n positives (if m > n)')
+    p.add_argument(
+        '--m',
+        type=int,
+        default=8192,
+        help='targets: the n queries as negatives + m - n positives (if m > n)',
+    )
     p.add_argument('--dims', default='2,64,784', help='comma-separated dimensions')
-    p.add_argument('--temps', nargs='+', default=['0.05', ','.join(map(str, PAPER))],
-                   help='temperature sets, each comma-separated')
-    p.add_argument('--impls', default='naive,dense,blocked',
-                   help='naive, dense, blocked, dense_allgroups (dense, groups not '
-                   'chunked), blocked_twoexp (blocked, two exps per entry everywhere), '
-                   'blocked_yneg (blocked, negatives passed explicitly: no symmetric first '
-                   'pass)')
-    p.add_argument('--groups', type=int, default=1,
-                   help='independent problems per call (the grouped [G, N, D] form)')
-    p.add_argument('--options', default='paper,simple',
-                   help='paper: scale and RMS normalisation (every temperature set); simple: '
-                        'raw distances, no RMS normalisation (one-temperature sets only, the '
-                        "toy configs' form)")
+    p.add_argument(
+        '--temps',
+        nargs='+',
+        default=['0.05', ','.join(map(str, PAPER))],
+        help='temperature sets, each comma-separated',
+    )
+    p.add_argument(
+        '--impls',
+        default='naive,dense,blocked',
+        help='naive, dense, blocked, dense_allgroups (dense, groups not '
+        'chunked), blocked_twoexp (blocked, two exps per entry everywhere), '
+        'blocked_yneg (blocked, negatives passed explicitly: no symmetric first '
+        'pass)',
+    )
+    p.add_argument(
+        '--groups',
+        type=int,
+        default=1,
+        help='independent problems per call (the grouped [G, N, D] form)',
+    )
+    p.add_argument(
+        '--options',
+        default='paper,simple',
+        help='paper: scale and RMS normalisation (every temperature set); simple: '
+        'raw distances, no RMS normalisation (one-temperature sets only, the '
+        "toy configs' form)",
+    )
     p.add_argument('--block_size', type=int, default=0, help='0: automatic')
-    p.add_argument('--repeats', type=int, default=3,
-                   help='timed runs of each impl per round (rounds x repeats >= 5)')
-    p.add_argument('--rounds', type=int, default=3,
-                   help='rounds over the impls of a case; times are medians over all runs')
-    p.add_argument('--big', action='store_true',
-                   help='also run 65536 x 65536, D=64, paper temperatures, blocked only')
+    p.add_argument(
+        '--repeats',
+        type=int,
+        default=3,
+        help='timed runs of each impl per round (rounds x repeats >= 5)',
+    )
+    p.add_argument(
+        '--rounds',
+        type=int,
+        default=3,
+        help='rounds over the impls of a case; times are medians over all runs',
+    )
+    p.add_argument(
+        '--big',
+        action='store_true',
+        help='also run 65536 x 65536, D=64, paper temperatures, blocked only',
+    )
     p.add_argument('--json', default=None, help='write the records here')
     args = p.parse_args(argv)
     if args.repeats < 1 or args.rounds < 1 or args.repeats * args.rounds < 5:
-        p.error(f'need --repeats >= 1, --rounds >= 1 and at least 5 timed runs in all, got '
-                f'--repeats {args.repeats} --rounds {args.rounds}')
+        p.error(
+            f'need --repeats >= 1, --rounds >= 1 and at least 5 timed runs in all, got '
+            f'--repeats {args.repeats} --rounds {args.rounds}'
+        )
     if args.groups < 1:
         p.error('--groups must be >= 1')
     impls = args.impls.split(',')
     temp_sets = [tuple(float(t) for t in s.split(',')) for s in args.temps]
-    print(f'jax {jax.__version__} on {jax.default_backend()} ({platform.processor() or "?"},'
-          f' {jax.devices()[0].device_kind}); times: median of {args.rounds} rounds x'
-          f' {args.repeats} runs; peak_MB:'
-          ' XLA compiled memory analysis, temp + output', flush=True)
+    print(
+        f'jax {jax.__version__} on {jax.default_backend()} ({platform.processor() or "?"},'
+        f' {jax.devices()[0].device_kind}); times: median of {args.rounds} rounds x'
+        f' {args.repeats} runs; peak_MB:'
+        ' XLA compiled memory analysis, temp + output',
+        flush=True,
+    )
     records = []
     option_sets = args.options.split(',')
     for d in (int(v) for v in args.dims.split(',')):
@@ -270,14 +340,31 @@ def main(argv=None):
             for options in option_sets:
                 if options == 'simple' and len(temps) > 1:
                     continue
-                records += run_case(args.n, args.m, d, temps, impls, args.block_size or None,
-                                    args.repeats, paper=options == 'paper',
-                                    groups=args.groups, rounds=args.rounds)
+                records += run_case(
+                    args.n,
+                    args.m,
+                    d,
+                    temps,
+                    impls,
+                    args.block_size or None,
+                    args.repeats,
+                    paper=options == 'paper',
+                    groups=args.groups,
+                    rounds=args.rounds,
+                )
     print_table(records)
     if args.big:
         # One implementation, ~70 s a call here: one round of 5 timed calls.
-        big = run_case(65536, 65536, 64, PAPER, ['blocked'], args.block_size or None,
-                       max(5, args.repeats), rounds=1)
+        big = run_case(
+            65536,
+            65536,
+            64,
+            PAPER,
+            ['blocked'],
+            args.block_size or None,
+            max(5, args.repeats),
+            rounds=1,
+        )
         print_table(big)
         records += big
     if args.json:

@@ -47,19 +47,27 @@ def floor_case(n: int, m: int, d: int, block: int, repeats: int) -> dict:
         def body(c, tb):
             sq = jax.lax.dot_general(q, tb, (((1,), (1,)), ((), ())), precision=hp)
             return c + jnp.sum(sq, axis=1), None
+
         return jax.lax.scan(body, jnp.zeros(n), t)[0]
 
     def field(g, aug):
         def body(c, blk):
             return c + jnp.dot(blk[0], blk[1], precision=hp), None
+
         return jax.lax.scan(body, jnp.zeros((n, d + 1)), (g, aug))[0]
 
     dist_ms = _median_ms(jax.jit(distances), (q, t), repeats)
     field_ms = _median_ms(jax.jit(field), (g, aug), repeats)
-    return dict(n=n, m=m, d=d, block=block, distance_matmul_ms=dist_ms,
-                distance_gflops=2 * n * nb * block * (d + 2) / dist_ms / 1e6,
-                field_matmul_ms=field_ms,
-                field_gflops=2 * n * nb * block * (d + 1) / field_ms / 1e6)
+    return dict(
+        n=n,
+        m=m,
+        d=d,
+        block=block,
+        distance_matmul_ms=dist_ms,
+        distance_gflops=2 * n * nb * block * (d + 2) / dist_ms / 1e6,
+        field_matmul_ms=field_ms,
+        field_gflops=2 * n * nb * block * (d + 1) / field_ms / 1e6,
+    )
 
 
 def main(argv=None):
@@ -76,17 +84,22 @@ def main(argv=None):
     if args.block < 1:
         p.error(f'--block must be a positive number of targets, got {args.block}')
     records = []
-    print('   n      m    d block  dist_ms dist_GF/s field_ms field_GF/s  floor_T1 floor_T3'
-          '  (floors: paper options, two distance passes + T field matmuls)')
+    print(
+        '   n      m    d block  dist_ms dist_GF/s field_ms field_GF/s  floor_T1 floor_T3'
+        '  (floors: paper options, two distance passes + T field matmuls)'
+    )
     for d in (int(v) for v in args.d.split(',')):
         r = floor_case(args.n, args.m, d, args.block, args.repeats)
         r['floor_paper_t1_ms'] = 2 * r['distance_matmul_ms'] + r['field_matmul_ms']
         r['floor_paper_t3_ms'] = 2 * r['distance_matmul_ms'] + 3 * r['field_matmul_ms']
         records.append(r)
-        print(f"{r['n']:5d} {r['m']:6d} {r['d']:4d} {r['block']:5d} "
-              f"{r['distance_matmul_ms']:8.1f} {r['distance_gflops']:9.1f} "
-              f"{r['field_matmul_ms']:8.1f} {r['field_gflops']:10.1f} "
-              f"{r['floor_paper_t1_ms']:9.1f} {r['floor_paper_t3_ms']:8.1f}", flush=True)
+        print(
+            f'{r["n"]:5d} {r["m"]:6d} {r["d"]:4d} {r["block"]:5d} '
+            f'{r["distance_matmul_ms"]:8.1f} {r["distance_gflops"]:9.1f} '
+            f'{r["field_matmul_ms"]:8.1f} {r["field_gflops"]:10.1f} '
+            f'{r["floor_paper_t1_ms"]:9.1f} {r["floor_paper_t3_ms"]:8.1f}',
+            flush=True,
+        )
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(records, f, indent=1)

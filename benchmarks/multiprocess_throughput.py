@@ -48,25 +48,45 @@ def _run(cmd, env, workdir) -> dict:
 def main(argv):
     del argv
     steps, b = _STEPS.value, _BATCH.value
-    args = ['--config=configs/spiral.py', f'--config.train.steps={steps}',
-            f'--config.train.batch_size={b}', f'--config.train.num_pos={b}',
-            '--config.train.log_every=10', f'--config.eval.every={steps}',
-            f'--config.train.checkpoint_every={steps}']
+    args = [
+        '--config=configs/spiral.py',
+        f'--config.train.steps={steps}',
+        f'--config.train.batch_size={b}',
+        f'--config.train.num_pos={b}',
+        '--config.train.log_every=10',
+        f'--config.eval.every={steps}',
+        f'--config.train.checkpoint_every={steps}',
+    ]
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         one = os.path.join(tmp, 'one')
-        rec = _run([sys.executable, '-m', 'drift_jax.main', f'--workdir={one}', *args],
-                   _env(4), one)
+        rec = _run(
+            [sys.executable, '-m', 'drift_jax.main', f'--workdir={one}', *args], _env(4), one
+        )
         records.append({'layout': '1 process x 4 devices', **rec})
         two = os.path.join(tmp, 'two')
-        rec = _run(['bash', os.path.join(ROOT, 'launch', 'local_multiprocess.sh'), '2',
-                    '--devices_per_process', '2', '--', sys.executable, '-m', 'drift_jax.main',
-                    f'--workdir={two}', *args], _env(2), two)
+        rec = _run(
+            [
+                'bash',
+                os.path.join(ROOT, 'launch', 'local_multiprocess.sh'),
+                '2',
+                '--devices_per_process',
+                '2',
+                '--',
+                sys.executable,
+                '-m',
+                'drift_jax.main',
+                f'--workdir={two}',
+                *args,
+            ],
+            _env(2),
+            two,
+        )
         records.append({'layout': '2 processes x 2 devices', **rec})
     print('\n| layout | steps / s | wall s (incl. start-up) |')
     print('|---|---|---|')
     for r in records:
-        print(f"| {r['layout']} | {r['steps_per_s']} | {r['wall_s']} |")
+        print(f'| {r["layout"]} | {r["steps_per_s"]} | {r["wall_s"]} |')
     ratio = records[1]['steps_per_s'] / records[0]['steps_per_s']
     print(f'ratio 2-process / 1-process: {ratio:.2f}')
     if _JSON.value:

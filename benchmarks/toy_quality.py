@@ -21,8 +21,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench_configs import apply_overrides, load_config  # noqa: E402  (beside this script)
 
-ALL = ('spiral', 'checkerboard', 'swiss_roll', 'moons', 'eight_gaussians',
-       'twenty_five_gaussians', 'rings', 'bimodal:middle', 'bimodal:far', 'bimodal:collapsed')
+ALL = (
+    'spiral',
+    'checkerboard',
+    'swiss_roll',
+    'moons',
+    'eight_gaussians',
+    'twenty_five_gaussians',
+    'rings',
+    'bimodal:middle',
+    'bimodal:far',
+    'bimodal:collapsed',
+)
 # What each config must reach (the project's acceptance goals).
 GOALS = {'checkerboard': 4.0, 'twenty_five_gaussians': 4.0}
 
@@ -36,6 +46,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     from drift_jax import train
+
     names = list(_CONFIGS.value) + (['points'] if _POINTS.value else [])
     records = []
     for name in names:
@@ -48,8 +59,13 @@ def main(argv):
             result = train.train_and_evaluate(config, workdir)
             seconds = time.perf_counter() - start
         goal = 2.0 if name.startswith('bimodal') else GOALS.get(name, 2.0)
-        rec = {'config': name, 'steps': config.train.steps, 'seconds': round(seconds, 1),
-               'energy_ratio': round(result['energy_ratio'], 3), 'goal': goal}
+        rec = {
+            'config': name,
+            'steps': config.train.steps,
+            'seconds': round(seconds, 1),
+            'energy_ratio': round(result['energy_ratio'], 3),
+            'goal': goal,
+        }
         if 'mode_fraction_0' in result:
             rec['mode_fraction_0'] = round(result['mode_fraction_0'], 3)
         records.append(rec)
@@ -57,10 +73,15 @@ def main(argv):
     print('\n| config | steps | seconds | ED / floor | goal | modes |')
     print('|---|---|---|---|---|---|')
     for r in records:
-        modes = f"{r['mode_fraction_0']:.2f} / {1 - r['mode_fraction_0']:.2f}" if (
-            'mode_fraction_0' in r) else ''
-        print(f"| {r['config']} | {r['steps']} | {r['seconds']} | {r['energy_ratio']:.2f} | "
-              f"<= {r['goal']} | {modes} |")
+        modes = (
+            f'{r["mode_fraction_0"]:.2f} / {1 - r["mode_fraction_0"]:.2f}'
+            if ('mode_fraction_0' in r)
+            else ''
+        )
+        print(
+            f'| {r["config"]} | {r["steps"]} | {r["seconds"]} | {r["energy_ratio"]:.2f} | '
+            f'<= {r["goal"]} | {modes} |'
+        )
     if _JSON.value:
         with open(_JSON.value, 'w') as f:
             json.dump(records, f, indent=1)

@@ -28,9 +28,13 @@ _STEPS = flags.DEFINE_integer('steps', 20, 'Steps per timed window.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed windows per batch size.')
 _JSON = flags.DEFINE_string('json', None, 'Write the records to this JSON file.')
 _SET = flags.DEFINE_multi_string('set', [], 'Config overrides section.name=json_value.')
-_CONFIG = flags.DEFINE_string('config', None, 'A config file (e.g. configs/mnist_features.py) '
-                              'whose train step is timed instead of the spiral at '
-                              '--batch_sizes.')
+_CONFIG = flags.DEFINE_string(
+    'config',
+    None,
+    'A config file (e.g. configs/mnist_features.py) '
+    'whose train step is timed instead of the spiral at '
+    '--batch_sizes.',
+)
 
 
 def main(argv):
@@ -39,8 +43,9 @@ def main(argv):
     import jax
 
     from drift_jax import defaults, train
+
     records = []
-    for b in ([None] if _CONFIG.value else map(int, _BATCHES.value)):
+    for b in [None] if _CONFIG.value else map(int, _BATCHES.value):
         if _CONFIG.value:
             config = load_config(_CONFIG.value)
         else:
@@ -54,6 +59,7 @@ def main(argv):
 
         def host(i, run=run):
             return run.task.host_batch(i, run.method.host_batch_size)
+
         t0 = time.perf_counter()
         state, m = step(state, host(1))
         jax.block_until_ready(m)
@@ -67,18 +73,23 @@ def main(argv):
             jax.block_until_ready(m)
             times.append((time.perf_counter() - t0) / _STEPS.value)
         ms = 1e3 * statistics.median(times)
-        rec = {'config': _CONFIG.value or 'spiral', 'overrides': list(_SET.value),
-               'batch_size': config.train.batch_size, 'num_pos': config.train.get('num_pos'),
-               'ms_per_step': round(ms, 2), 'steps_per_s': round(1e3 / ms, 2),
-               'compile_s': round(compile_s, 2), 'devices': jax.device_count()}
+        rec = {
+            'config': _CONFIG.value or 'spiral',
+            'overrides': list(_SET.value),
+            'batch_size': config.train.batch_size,
+            'num_pos': config.train.get('num_pos'),
+            'ms_per_step': round(ms, 2),
+            'steps_per_s': round(1e3 / ms, 2),
+            'compile_s': round(compile_s, 2),
+            'devices': jax.device_count(),
+        }
         records.append(rec)
         print(json.dumps(rec), flush=True)
-    print(f"\n{records[0]['config']} {' '.join(_SET.value)}")
+    print(f'\n{records[0]["config"]} {" ".join(_SET.value)}')
     print('| batch (generated) | ms / step | steps / s | compile s |')
     print('|---|---|---|---|')
     for r in records:
-        print(f"| {r['batch_size']} | {r['ms_per_step']} | {r['steps_per_s']} | "
-              f"{r['compile_s']} |")
+        print(f'| {r["batch_size"]} | {r["ms_per_step"]} | {r["steps_per_s"]} | {r["compile_s"]} |')
     if _JSON.value:
         with open(_JSON.value, 'w') as f:
             json.dump(records, f, indent=1)

@@ -1,6 +1,6 @@
 """Toy 'checkerboard' in 2-D.
 
-    python -m drift_jax.main --config=configs/checkerboard.py
+python -m drift_jax.main --config=configs/checkerboard.py
 """
 
 from drift_jax import defaults

@@ -1,6 +1,6 @@
 """Toy 'eight_gaussians' in 2-D.
 
-    python -m drift_jax.main --config=configs/eight_gaussians.py
+python -m drift_jax.main --config=configs/eight_gaussians.py
 """
 
 from drift_jax import defaults

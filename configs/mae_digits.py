@@ -1,6 +1,6 @@
 """Feature encoder for digits: a small ResNet trained as a masked autoencoder (no download).
 
-    python -m drift_jax.main --config=configs/mae_digits.py --workdir=workdirs/mae_digits
+python -m drift_jax.main --config=configs/mae_digits.py --workdir=workdirs/mae_digits
 """
 
 from drift_jax import defaults

@@ -24,7 +24,7 @@ def get_config():
     c.train.gen_per_class = 32
     c.train.pos_per_class = 64
     c.train.uncond_per_class = 32
-    c.train.batch_size = 320      # classes_per_step x gen_per_class
+    c.train.batch_size = 320  # classes_per_step x gen_per_class
     c.train.bank_capacity = 512
     c.guidance.alpha_max = 3.0
     c.eval.alpha = 2.0

@@ -1,6 +1,6 @@
 """Toy 'moons' in 2-D.
 
-    python -m drift_jax.main --config=configs/moons.py
+python -m drift_jax.main --config=configs/moons.py
 """
 
 from drift_jax import defaults

@@ -1,6 +1,6 @@
 """Toy 'rings' in 2-D.
 
-    python -m drift_jax.main --config=configs/rings.py
+python -m drift_jax.main --config=configs/rings.py
 """
 
 from drift_jax import defaults

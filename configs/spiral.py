@@ -1,6 +1,6 @@
 """Spiral in 2-D: the first thing to run.
 
-    python -m drift_jax.main --config=configs/spiral.py
+python -m drift_jax.main --config=configs/spiral.py
 """
 
 from drift_jax import defaults

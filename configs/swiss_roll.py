@@ -1,6 +1,6 @@
 """Toy 'swiss_roll' in 2-D.
 
-    python -m drift_jax.main --config=configs/swiss_roll.py
+python -m drift_jax.main --config=configs/swiss_roll.py
 """
 
 from drift_jax import defaults

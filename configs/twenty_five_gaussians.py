@@ -1,6 +1,6 @@
 """Toy 'twenty_five_gaussians' in 2-D.
 
-    python -m drift_jax.main --config=configs/twenty_five_gaussians.py
+python -m drift_jax.main --config=configs/twenty_five_gaussians.py
 """
 
 from drift_jax import defaults

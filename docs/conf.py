@@ -17,7 +17,7 @@ release = '0.1.0'
 extensions = [
     'myst_parser',
     'sphinx.ext.autodoc',
-    'sphinx.ext.napoleon',   # Google-style docstrings (Args:, Returns:)
+    'sphinx.ext.napoleon',  # Google-style docstrings (Args:, Returns:)
     'sphinx.ext.viewcode',
 ]
 

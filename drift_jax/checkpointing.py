@@ -21,7 +21,8 @@ class Checkpointer:
     def __init__(self, directory: str, max_to_keep: int = 3, use_async: bool = True):
         directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=use_async)
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=use_async
+        )
         self.directory = directory
         self._manager = ocp.CheckpointManager(directory, options=options)
 
@@ -36,15 +37,22 @@ class Checkpointer:
         """Starts saving `state` at `step` (asynchronous); returns whether a save started."""
         try:
             return self._manager.save(
-                step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
-        except OSError as e:   # disk full, unwritable folder: say where, keep what exists
-            raise OSError(e.errno, f'Saving the checkpoint of step {step} in {self.directory} '
-                          f'failed: {e.strerror or e}. Earlier checkpoints are kept: '
-                          f'{self.all_steps()}.') from e
+                step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force
+            )
+        except OSError as e:  # disk full, unwritable folder: say where, keep what exists
+            raise OSError(
+                e.errno,
+                f'Saving the checkpoint of step {step} in {self.directory} '
+                f'failed: {e.strerror or e}. Earlier checkpoints are kept: '
+                f'{self.all_steps()}.',
+            ) from e
 
-    def restore(self, abstract_state: Any, step: int | None = None,
-                legacy: tuple[Any, Callable[[Any], Any]] | None = None
-                ) -> tuple[Any, int] | None:
+    def restore(
+        self,
+        abstract_state: Any,
+        step: int | None = None,
+        legacy: tuple[Any, Callable[[Any], Any]] | None = None,
+    ) -> tuple[Any, int] | None:
         """Restores into the structure, dtypes and shardings of `abstract_state`.
 
         Tries `step` (default: newest) and, if that checkpoint is damaged, each older one in
@@ -62,27 +70,38 @@ class Checkpointer:
             if legacy is not None:
                 try:
                     state = legacy[1](self._restore_one(s, legacy[0]))
-                    logging.warning('Checkpoint at step %d in %s has the layout of an older '
-                                    'drift_jax (one network); read and converted.', s,
-                                    self.directory)
+                    logging.warning(
+                        'Checkpoint at step %d in %s has the layout of an older '
+                        'drift_jax (one network); read and converted.',
+                        s,
+                        self.directory,
+                    )
                     return state, s
                 except Exception:  # noqa: BLE001, S110 - report the first error below
                     pass
             if step is not None:
                 raise error
-            logging.warning('Checkpoint at step %d in %s is damaged or unreadable (%s: %s);'
-                            ' trying an older one.', s, self.directory, type(error).__name__,
-                            error)
+            logging.warning(
+                'Checkpoint at step %d in %s is damaged or unreadable (%s: %s);'
+                ' trying an older one.',
+                s,
+                self.directory,
+                type(error).__name__,
+                error,
+            )
         if steps:
-            raise RuntimeError(f'No readable checkpoint in {self.directory} (tried {steps}). '
-                               'A checkpoint of another method, network size or drift_jax '
-                               'version does not fit this config: check config.json.')
+            raise RuntimeError(
+                f'No readable checkpoint in {self.directory} (tried {steps}). '
+                'A checkpoint of another method, network size or drift_jax '
+                'version does not fit this config: check config.json.'
+            )
         return None
 
     def _restore_one(self, step: int, abstract_state: Any) -> Any:
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        )
         return restored['state']
 
     def wait(self) -> None:

@@ -21,8 +21,8 @@ def toy_config() -> ml_collections.ConfigDict:
     c.method_settings = ml_collections.ConfigDict()
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = 'spiral'        # one of drift_jax.data.DATASET_NAMES
-    c.data.path = ''              # .npy or .csv point cloud, for name='points'
+    c.data.name = 'spiral'  # one of drift_jax.data.DATASET_NAMES
+    c.data.path = ''  # .npy or .csv point cloud, for name='points'
 
     c.model = ml_collections.ConfigDict()
     c.model.name = 'mlp'
@@ -30,8 +30,8 @@ def toy_config() -> ml_collections.ConfigDict:
     c.model.width = 256
     c.model.depth = 3
     c.model.activation = 'silu'
-    c.model.init = 'default'      # bimodal study: 'middle' | 'far' | 'collapsed'
-    c.model.out_scale = 1.0       # spread of the initial generated distribution
+    c.model.init = 'default'  # bimodal study: 'middle' | 'far' | 'collapsed'
+    c.model.out_scale = 1.0  # spread of the initial generated distribution
 
     # The simple form on raw 2-D coordinates (DESIGN.md section 4): one temperature, no
     # scale or RMS normalisation. The paper's image setting uses (0.02, 0.05, 0.2) with both.
@@ -47,17 +47,17 @@ def toy_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3
     c.optim.warmup_steps = 100
-    c.optim.schedule = 'cosine'   # 'cosine' | 'constant'
+    c.optim.schedule = 'cosine'  # 'cosine' | 'constant'
     c.optim.final_lr_fraction = 0.05
-    c.optim.grad_clip = 1.0       # global norm; 0 disables
+    c.optim.grad_clip = 1.0  # global norm; 0 disables
     c.optim.weight_decay = 0.0
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 2000
-    c.train.batch_size = 1024     # generated samples per step
-    c.train.num_pos = 1024        # data samples (positives) per step
+    c.train.batch_size = 1024  # generated samples per step
+    c.train.num_pos = 1024  # data samples (positives) per step
     c.train.seed = 0
     # EMA decay actually used at step t: min(ema_decay, (1 + t) / (10 + t)), so a value above
     # ~0.995 only takes effect after ~2000 steps (0.999 after ~9000).
@@ -71,8 +71,8 @@ def toy_config() -> ml_collections.ConfigDict:
     c.eval.num_samples = 5000
     # Generated / held-out draw pairs averaged into energy_distance (one draw scatters widely).
     c.eval.draws = 8
-    c.eval.plot_points = 2000     # points drawn in each sample plot
-    c.eval.extra_metrics = ()     # also log 'mmd' and/or 'sliced_wasserstein' (first draw)
+    c.eval.plot_points = 2000  # points drawn in each sample plot
+    c.eval.extra_metrics = ()  # also log 'mmd' and/or 'sliced_wasserstein' (first draw)
 
     # Device mesh: `data` shards the batch (-1 = all devices), `fsdp` shards parameters.
     c.mesh = ml_collections.ConfigDict()
@@ -101,21 +101,21 @@ def image_config() -> ml_collections.ConfigDict:
     c = toy_config()
     c.task = 'image'
     c.data = ml_collections.ConfigDict()
-    c.data.name = 'digits'        # any prepared TFDS image dataset with a label
-    c.data.data_dir = ''          # default: $TFDS_DATA_DIR or ~/tensorflow_datasets
-    c.data.download = False       # never reach the network unless asked
+    c.data.name = 'digits'  # any prepared TFDS image dataset with a label
+    c.data.data_dir = ''  # default: $TFDS_DATA_DIR or ~/tensorflow_datasets
+    c.data.download = False  # never reach the network unless asked
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = 'conv'         # 'conv' | 'dit' | 'mlp'
+    c.model.name = 'conv'  # 'conv' | 'dit' | 'mlp'
     c.model.noise_dim = 64
     c.model.base_channels = 32
     c.model.num_res_blocks = 1
     c.model.max_channel_mult = 4
     c.model.cond_dim = 128
     c.model.tanh_output = True
-    c.model.patch_size = 4        # dit only
-    c.model.hidden = 256          # dit width; mlp hidden width
-    c.model.depth = 6             # dit blocks; mlp residual blocks
+    c.model.patch_size = 4  # dit only
+    c.model.hidden = 256  # dit width; mlp hidden width
+    c.model.depth = 6  # dit blocks; mlp residual blocks
     c.model.heads = 4
     c.model.num_style_tokens = 0
     c.model.mlp_ratio = 4
@@ -125,22 +125,22 @@ def image_config() -> ml_collections.ConfigDict:
     c.drift.normalize_drift = True
 
     c.guidance = ml_collections.ConfigDict()
-    c.guidance.alpha_max = 1.0    # 1 = no guidance in training
-    c.guidance.exponent = 1.0     # p(alpha) ~ alpha^-exponent on [1, alpha_max]
+    c.guidance.alpha_max = 1.0  # 1 = no guidance in training
+    c.guidance.exponent = 1.0  # p(alpha) ~ alpha^-exponent on [1, alpha_max]
 
     c.encoder = ml_collections.ConfigDict()
-    c.encoder.name = 'none'       # 'none' (pixel space) | 'mae'
-    c.encoder.workdir = ''        # workdir of a finished MAE run
+    c.encoder.name = 'none'  # 'none' (pixel space) | 'mae'
+    c.encoder.workdir = ''  # workdir of a finished MAE run
     c.encoder.feature_sets = ('locations', 'global', 'patch2', 'patch4', 'raw', 'energy')
-    c.encoder.bank_features = True   # bank holds real images' features (encoded once, at push)
+    c.encoder.bank_features = True  # bank holds real images' features (encoded once, at push)
 
     c.train.classes_per_step = 10
     c.train.gen_per_class = 32
     c.train.pos_per_class = 32
     c.train.uncond_per_class = 16
-    c.train.batch_size = 320      # classes_per_step x gen_per_class
-    c.train.bank_capacity = 256   # real images kept per class (and unconditional)
-    c.train.bank_push = 64        # real images pushed into the bank per step
+    c.train.batch_size = 320  # classes_per_step x gen_per_class
+    c.train.bank_capacity = 256  # real images kept per class (and unconditional)
+    c.train.bank_push = 64  # real images pushed into the bank per step
     del c.train['num_pos']
 
     c.eval.num_samples = 1000
@@ -161,7 +161,7 @@ def mae_config() -> ml_collections.ConfigDict:
     c.mae.widths = (32, 64, 128)
     c.mae.blocks_per_stage = 1
     c.mae.decoder_width = 64
-    c.mae.stem_stride = 1         # 2 halves the encoder's resolution first (4x cheaper)
+    c.mae.stem_stride = 1  # 2 halves the encoder's resolution first (4x cheaper)
     c.mae.mask_ratio = 0.5
     c.mae.patch_size = 2
     c.train.batch_size = 128

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 __all__ = ['DistributedSpec', 'detect', 'initialize', 'is_main_process']
 
-_SLURM_PORT_BASE = 65535 - 2**12 + 1    # JAX's choice: the top 4096 ports, keyed by job id.
+_SLURM_PORT_BASE = 65535 - 2**12 + 1  # JAX's choice: the top 4096 ports, keyed by job id.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,15 +112,16 @@ def _tasks_on_node(env: Mapping[str, str], default: int) -> int:
 def _from_slurm(env: Mapping[str, str]) -> dict[str, object] | None:
     node_list = env.get('SLURM_STEP_NODELIST')
     if not node_list or 'SLURM_PROCID' not in env:
-        return None    # Not inside an srun step (e.g. the sbatch script itself).
+        return None  # Not inside an srun step (e.g. the sbatch script itself).
     count_name = 'SLURM_STEP_NUM_TASKS' if 'SLURM_STEP_NUM_TASKS' in env else 'SLURM_NTASKS'
     if count_name not in env:
         return None
     num = _parse_int(env[count_name], count_name)
     if num <= 1:
         return None
-    port_name = next((n for n in ('DRIFT_JAX_COORDINATOR_PORT', 'JAX_COORDINATOR_PORT')
-                      if env.get(n)), None)
+    port_name = next(
+        (n for n in ('DRIFT_JAX_COORDINATOR_PORT', 'JAX_COORDINATOR_PORT') if env.get(n)), None
+    )
     if port_name:
         port = _parse_int(env[port_name], port_name)
     else:
@@ -131,8 +132,10 @@ def _from_slurm(env: Mapping[str, str]) -> dict[str, object] | None:
         'process_id': _parse_int(env['SLURM_PROCID'], 'SLURM_PROCID'),
     }
     if 'SLURM_LOCALID' in env:
-        nodes = _parse_int(env.get('SLURM_STEP_NUM_NODES') or env.get('SLURM_NNODES') or '1',
-                           'SLURM_STEP_NUM_NODES')
+        nodes = _parse_int(
+            env.get('SLURM_STEP_NUM_NODES') or env.get('SLURM_NNODES') or '1',
+            'SLURM_STEP_NUM_NODES',
+        )
         per_node = _tasks_on_node(env, default=-(-num // max(nodes, 1)))
         visible = [d for d in env.get('CUDA_VISIBLE_DEVICES', '').split(',') if d.strip()]
         if per_node > 1 and len(visible) != 1:
@@ -143,24 +146,35 @@ def _from_slurm(env: Mapping[str, str]) -> dict[str, object] | None:
 def _tpu_multi_worker(env: Mapping[str, str]) -> bool:
     hosts = env.get('TPU_PROCESS_ADDRESSES') or env.get('TPU_WORKER_HOSTNAMES') or ''
     slices = env.get('MEGASCALE_NUM_SLICES', '').strip()
-    return (len([h for h in hosts.split(',') if h.strip()]) > 1
-            or (slices.isdigit() and int(slices) > 1))
+    return len([h for h in hosts.split(',') if h.strip()]) > 1 or (
+        slices.isdigit() and int(slices) > 1
+    )
 
 
 _ENV_NAMES = {
-    'drift_jax_env': ('DRIFT_JAX_COORDINATOR', 'DRIFT_JAX_NUM_PROCESSES', 'DRIFT_JAX_PROCESS_ID',
-                      'DRIFT_JAX_LOCAL_DEVICE_IDS'),
-    'jax_env': ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID',
-                'JAX_LOCAL_DEVICE_IDS'),
+    'drift_jax_env': (
+        'DRIFT_JAX_COORDINATOR',
+        'DRIFT_JAX_NUM_PROCESSES',
+        'DRIFT_JAX_PROCESS_ID',
+        'DRIFT_JAX_LOCAL_DEVICE_IDS',
+    ),
+    'jax_env': (
+        'JAX_COORDINATOR_ADDRESS',
+        'JAX_NUM_PROCESSES',
+        'JAX_PROCESS_ID',
+        'JAX_LOCAL_DEVICE_IDS',
+    ),
 }
 _FIELDS = ('coordinator_address', 'num_processes', 'process_id', 'local_device_ids')
 
 
-def detect(coordinator_address: str | None = None,
-           num_processes: int | str | None = None,
-           process_id: int | str | None = None,
-           env: Mapping[str, str] = os.environ,
-           local_device_ids: Sequence[int] | str | None = None) -> DistributedSpec | None:
+def detect(
+    coordinator_address: str | None = None,
+    num_processes: int | str | None = None,
+    process_id: int | str | None = None,
+    env: Mapping[str, str] = os.environ,
+    local_device_ids: Sequence[int] | str | None = None,
+) -> DistributedSpec | None:
     """Decides whether this process is one of several, and with which values.
 
     Where the values come from (per field, the first that has it wins):
@@ -201,8 +215,11 @@ def detect(coordinator_address: str | None = None,
       ValueError: inconsistent or malformed values, naming the flag or variable at fault
         (process_id >= num_processes, num_processes < 1, a missing coordinator, ...).
     """
-    explicit = dict(zip(_FIELDS, (coordinator_address, num_processes, process_id,
-                                  local_device_ids), strict=True))
+    explicit = dict(
+        zip(
+            _FIELDS, (coordinator_address, num_processes, process_id, local_device_ids), strict=True
+        )
+    )
     values: dict[str, object] = {}
     names: dict[str, str] = {}
     sources: list[str] = []
@@ -222,11 +239,14 @@ def detect(coordinator_address: str | None = None,
     auto = False
     if mode != 'off':
         for source, env_names in _ENV_NAMES.items():
-            take(source, {f: env.get(n) for f, n in zip(_FIELDS, env_names, strict=True)},
-                 dict(zip(_FIELDS, env_names, strict=True)))
+            take(
+                source,
+                {f: env.get(n) for f, n in zip(_FIELDS, env_names, strict=True)},
+                dict(zip(_FIELDS, env_names, strict=True)),
+            )
         slurm = _from_slurm(env)
         if slurm:
-            if 'num_processes' in values:     # Not SLURM's process layout: do not pin GPUs.
+            if 'num_processes' in values:  # Not SLURM's process layout: do not pin GPUs.
                 slurm.pop('local_device_ids', None)
             take('slurm', slurm, {f: f'SLURM ({f})' for f in _FIELDS})
         elif _tpu_multi_worker(env) or mode == 'auto':
@@ -263,8 +283,12 @@ def detect(coordinator_address: str | None = None,
     return DistributedSpec(coord, num, pid, ids, '+'.join(sources))  # type: ignore[arg-type]
 
 
-def initialize(spec: DistributedSpec | None, *, initialization_timeout: int = 300,
-               heartbeat_timeout_seconds: int | None = None) -> bool:
+def initialize(
+    spec: DistributedSpec | None,
+    *,
+    initialization_timeout: int = 300,
+    heartbeat_timeout_seconds: int | None = None,
+) -> bool:
     """Joins the multi-process run described by `spec` (no-op for None); call before any jax op.
 
     Makes sure CPU cross-process collectives use gloo (needed when the devices are CPUs; harmless
@@ -295,19 +319,25 @@ def initialize(spec: DistributedSpec | None, *, initialization_timeout: int = 30
     if jax.distributed.is_initialized():
         raise RuntimeError('jax.distributed is already initialised; call initialize() once.')
     if xla_bridge.backends_are_initialized():
-        raise RuntimeError('drift_jax.distributed.initialize must run before any jax computation '
-                           '(the jax backend is already initialised).')
+        raise RuntimeError(
+            'drift_jax.distributed.initialize must run before any jax computation '
+            '(the jax backend is already initialised).'
+        )
     if jax.config.jax_cpu_collectives_implementation in (None, 'none'):
         jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     if heartbeat_timeout_seconds is None:
         heartbeat_timeout_seconds = _parse_int(
-            os.environ.get('DRIFT_JAX_HEARTBEAT_TIMEOUT', '30'), 'DRIFT_JAX_HEARTBEAT_TIMEOUT')
+            os.environ.get('DRIFT_JAX_HEARTBEAT_TIMEOUT', '30'), 'DRIFT_JAX_HEARTBEAT_TIMEOUT'
+        )
     if heartbeat_timeout_seconds < 1:
         raise ValueError(f'heartbeat_timeout_seconds={heartbeat_timeout_seconds} must be >= 1')
     kwargs: dict[str, object] = dict(
-        coordinator_address=spec.coordinator_address, num_processes=spec.num_processes,
-        process_id=spec.process_id, initialization_timeout=initialization_timeout,
-        heartbeat_timeout_seconds=heartbeat_timeout_seconds)
+        coordinator_address=spec.coordinator_address,
+        num_processes=spec.num_processes,
+        process_id=spec.process_id,
+        initialization_timeout=initialization_timeout,
+        heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+    )
     if spec.local_device_ids is not None:
         kwargs['local_device_ids'] = list(spec.local_device_ids)
     if spec.fully_specified:

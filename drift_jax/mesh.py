@@ -27,9 +27,11 @@ def mesh_shape(mesh_config: Any, num_devices: int | None = None) -> tuple[int, i
     if f == -1:
         f = n // d if d > 0 and n % d == 0 else 0
     if d <= 0 or f <= 0 or d * f != n:
-        raise ValueError(f'mesh data={mesh_config.data} x fsdp={mesh_config.fsdp} does not '
-                         f'match the {n} available devices; their product must be {n} '
-                         '(use -1 for "the rest").')
+        raise ValueError(
+            f'mesh data={mesh_config.data} x fsdp={mesh_config.fsdp} does not '
+            f'match the {n} available devices; their product must be {n} '
+            '(use -1 for "the rest").'
+        )
     return d, f
 
 
@@ -63,15 +65,17 @@ def validate_optim(o: Any, prefix: str = 'optim') -> None:
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
         raise ValueError(f'{prefix}.learning_rate must be a positive float, got {lr!r}.')
     if o.schedule not in SCHEDULES:
-        raise ValueError(f'{prefix}.schedule={o.schedule!r} is unknown; choose one of '
-                         f'{SCHEDULES}.')
+        raise ValueError(f'{prefix}.schedule={o.schedule!r} is unknown; choose one of {SCHEDULES}.')
     if o.warmup_steps < 0 or o.grad_clip < 0 or o.weight_decay < 0:
-        raise ValueError(f'{prefix}.warmup_steps, {prefix}.grad_clip and {prefix}.weight_decay '
-                         f'must be >= 0, got {o.warmup_steps}, {o.grad_clip}, '
-                         f'{o.weight_decay}.')
+        raise ValueError(
+            f'{prefix}.warmup_steps, {prefix}.grad_clip and {prefix}.weight_decay '
+            f'must be >= 0, got {o.warmup_steps}, {o.grad_clip}, '
+            f'{o.weight_decay}.'
+        )
     if not 0 <= o.final_lr_fraction <= 1:
-        raise ValueError(f'{prefix}.final_lr_fraction must be in [0, 1], got '
-                         f'{o.final_lr_fraction}.')
+        raise ValueError(
+            f'{prefix}.final_lr_fraction must be in [0, 1], got {o.final_lr_fraction}.'
+        )
 
 
 def make_optimizer(optim_config: Any, total_steps: int) -> optax.GradientTransformation:
@@ -80,13 +84,20 @@ def make_optimizer(optim_config: Any, total_steps: int) -> optax.GradientTransfo
     warmup = int(min(o.warmup_steps, max(total_steps - 1, 0)))
     if o.schedule == 'cosine':
         schedule = optax.warmup_cosine_decay_schedule(
-            init_value=0.0 if warmup else o.learning_rate, peak_value=o.learning_rate,
-            warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
-            end_value=o.learning_rate * o.final_lr_fraction)
+            init_value=0.0 if warmup else o.learning_rate,
+            peak_value=o.learning_rate,
+            warmup_steps=warmup,
+            decay_steps=max(total_steps, warmup + 1),
+            end_value=o.learning_rate * o.final_lr_fraction,
+        )
     else:
         schedule = optax.join_schedules(
-            [optax.linear_schedule(0.0, o.learning_rate, max(warmup, 1)),
-             optax.constant_schedule(o.learning_rate)], [max(warmup, 1)])
+            [
+                optax.linear_schedule(0.0, o.learning_rate, max(warmup, 1)),
+                optax.constant_schedule(o.learning_rate),
+            ],
+            [max(warmup, 1)],
+        )
     parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
     parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
     return optax.chain(*parts)

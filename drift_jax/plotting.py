@@ -19,12 +19,12 @@ if TYPE_CHECKING:
     from matplotlib.quiver import Quiver
 
 __all__ = [
-    "image_grid",
-    "make_gif",
-    "plot_drift_field",
-    "plot_metric_curve",
-    "plot_samples",
-    "save_drift_field",
+    'image_grid',
+    'make_gif',
+    'plot_drift_field',
+    'plot_metric_curve',
+    'plot_samples',
+    'save_drift_field',
 ]
 
 Limits = tuple[float, float] | tuple[tuple[float, float], tuple[float, float]]
@@ -44,7 +44,7 @@ def _save(fig: Figure, path: str) -> str:
     """Write ``fig`` as PNG to ``path`` (creating parent folders) and return ``path``."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    fig.savefig(path, format="png")
+    fig.savefig(path, format='png')
     fig.clear()
     return path
 
@@ -53,7 +53,7 @@ def _points(a: Any, name: str) -> np.ndarray:
     """Convert to a float64 NumPy array of shape ``[n, d]`` with ``d >= 2``."""
     a = np.asarray(a, dtype=np.float64)
     if a.ndim != 2 or a.shape[1] < 2:
-        raise ValueError(f"{name} must have shape [n, d] with d >= 2, got {a.shape}")
+        raise ValueError(f'{name} must have shape [n, d] with d >= 2, got {a.shape}')
     return a
 
 
@@ -74,7 +74,7 @@ def _square_limits(
             return (float(lim[0]), float(lim[1])), (float(lim[0]), float(lim[1]))
         if lim.shape == (2, 2):
             return (float(lim[0, 0]), float(lim[0, 1])), (float(lim[1, 0]), float(lim[1, 1]))
-        raise ValueError(f"limits must be (lo, hi) or ((xlo, xhi), (ylo, yhi)), got {limits}")
+        raise ValueError(f'limits must be (lo, hi) or ((xlo, xhi), (ylo, yhi)), got {limits}')
     finite = pts[np.all(np.isfinite(pts), axis=1)]
     if finite.shape[0] == 0:
         return (-1.0, 1.0), (-1.0, 1.0)
@@ -98,7 +98,7 @@ def plot_samples(
     generated: Any,
     data: Any,
     *,
-    title: str = "",
+    title: str = '',
     limits: Limits | None = None,
 ) -> str:
     """Scatter data (light grey) under generated samples (colour) and save a PNG.
@@ -117,30 +117,41 @@ def plot_samples(
     Returns:
         ``path``.
     """
-    gen = _points(generated, "generated")
-    ref = None if data is None else _points(data, "data")
+    gen = _points(generated, 'generated')
+    ref = None if data is None else _points(data, 'data')
     d = gen.shape[1]
     if ref is not None and ref.shape[1] != d:
-        raise ValueError(f"dimension mismatch: generated d={d}, data d={ref.shape[1]}")
+        raise ValueError(f'dimension mismatch: generated d={d}, data d={ref.shape[1]}')
     if d > 2:
-        note = f"(first 2 of {d} dims)"
-        title = f"{title} {note}" if title else note
+        note = f'(first 2 of {d} dims)'
+        title = f'{title} {note}' if title else note
     xlim, ylim = _square_limits((gen if ref is None else ref)[:, :2], limits)
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
     if ref is not None:
         ax.scatter(
-            ref[:, 0], ref[:, 1], s=_marker_size(len(ref)), c="#bbbbbb", linewidths=0,
-            label="data", rasterized=True,
+            ref[:, 0],
+            ref[:, 1],
+            s=_marker_size(len(ref)),
+            c='#bbbbbb',
+            linewidths=0,
+            label='data',
+            rasterized=True,
         )
     ax.scatter(
-        gen[:, 0], gen[:, 1], s=_marker_size(len(gen)), c="#d62728", linewidths=0,
-        alpha=0.8, label="generated", rasterized=True,
+        gen[:, 0],
+        gen[:, 1],
+        s=_marker_size(len(gen)),
+        c='#d62728',
+        linewidths=0,
+        alpha=0.8,
+        label='generated',
+        rasterized=True,
     )
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
-    ax.set_aspect("equal", adjustable="box")
-    ax.legend(loc="upper right", markerscale=max(1.0, 4.0 / math.sqrt(_marker_size(len(gen)))))
+    ax.set_aspect('equal', adjustable='box')
+    ax.legend(loc='upper right', markerscale=max(1.0, 4.0 / math.sqrt(_marker_size(len(gen)))))
     if title:
         ax.set_title(title)
     fig.tight_layout()
@@ -171,15 +182,20 @@ def plot_drift_field(
     Returns:
         The ``Quiver`` artist.
     """
-    xs = _points(x, "x")[:, :2]
-    vs = _points(v, "v")[:, :2]
+    xs = _points(x, 'x')[:, :2]
+    vs = _points(v, 'v')[:, :2]
     if xs.shape[0] != vs.shape[0]:
-        raise ValueError(f"x and v need the same number of rows, got {len(xs)} and {len(vs)}")
+        raise ValueError(f'x and v need the same number of rows, got {len(xs)} and {len(vs)}')
     if data is not None:
-        ref = _points(data, "data")[:, :2]
+        ref = _points(data, 'data')[:, :2]
         ax.scatter(
-            ref[:, 0], ref[:, 1], s=_marker_size(len(ref)), c="#cccccc", linewidths=0,
-            rasterized=True, zorder=0,
+            ref[:, 0],
+            ref[:, 1],
+            s=_marker_size(len(ref)),
+            c='#cccccc',
+            linewidths=0,
+            rasterized=True,
+            zorder=0,
         )
     n = xs.shape[0]
     if n > max_arrows:
@@ -188,12 +204,19 @@ def plot_drift_field(
         xs, vs = xs[keep], vs[keep]
     mag = np.linalg.norm(vs, axis=1)
     return ax.quiver(
-        xs[:, 0], xs[:, 1], vs[:, 0], vs[:, 1], mag, angles="xy", cmap="viridis",
-        width=0.004, zorder=2,
+        xs[:, 0],
+        xs[:, 1],
+        vs[:, 0],
+        vs[:, 1],
+        mag,
+        angles='xy',
+        cmap='viridis',
+        width=0.004,
+        zorder=2,
     )
 
 
-def save_drift_field(path: str, x: Any, v: Any, data: Any = None, title: str = "") -> str:
+def save_drift_field(path: str, x: Any, v: Any, data: Any = None, title: str = '') -> str:
     """Make a figure of the drift field ``v [n, 2]`` at ``x [n, 2]`` and save it as PNG.
 
     Args:
@@ -206,15 +229,15 @@ def save_drift_field(path: str, x: Any, v: Any, data: Any = None, title: str = "
     Returns:
         ``path``.
     """
-    xs = _points(x, "x")[:, :2]
-    base = xs if data is None else np.concatenate([xs, _points(data, "data")[:, :2]])
+    xs = _points(x, 'x')[:, :2]
+    base = xs if data is None else np.concatenate([xs, _points(data, 'data')[:, :2]])
     xlim, ylim = _square_limits(base, None)
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
     plot_drift_field(ax, x, v, data)
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
-    ax.set_aspect("equal", adjustable="box")
+    ax.set_aspect('equal', adjustable='box')
     if title:
         ax.set_title(title)
     fig.tight_layout()
@@ -239,12 +262,12 @@ def make_gif(frame_paths: list[str], out_path: str, duration_ms: int = 400) -> s
     from PIL import Image
 
     if not frame_paths:
-        raise ValueError("make_gif needs at least one frame")
+        raise ValueError('make_gif needs at least one frame')
     frames = []
     size: tuple[int, int] | None = None
     for p in frame_paths:
         with Image.open(p) as im:
-            rgb = im.convert("RGB")
+            rgb = im.convert('RGB')
         if size is None:
             size = rgb.size
         elif rgb.size != size:
@@ -253,8 +276,12 @@ def make_gif(frame_paths: list[str], out_path: str, duration_ms: int = 400) -> s
     parent = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(parent, exist_ok=True)
     frames[0].save(
-        out_path, format="GIF", save_all=True, append_images=frames[1:],
-        duration=int(duration_ms), loop=0,
+        out_path,
+        format='GIF',
+        save_all=True,
+        append_images=frames[1:],
+        duration=int(duration_ms),
+        loop=0,
     )
     return out_path
 
@@ -265,7 +292,7 @@ def plot_metric_curve(
     values: Sequence[float] | np.ndarray,
     *,
     floor: float | None = None,
-    ylabel: str = "",
+    ylabel: str = '',
     log: bool = True,
 ) -> str:
     """Line plot of a metric against training step, with an optional noise-floor line.
@@ -289,27 +316,27 @@ def plot_metric_curve(
     s = np.asarray(steps, dtype=np.float64).reshape(-1)
     y = np.asarray(values, dtype=np.float64).reshape(-1)
     if s.shape != y.shape:
-        raise ValueError(f"steps and values differ in length: {s.shape} vs {y.shape}")
+        raise ValueError(f'steps and values differ in length: {s.shape} vs {y.shape}')
     fig = _new_figure(figsize=(6.0, 4.0))
     ax = fig.add_subplot(1, 1, 1)
-    ax.plot(s, y, marker="o" if len(y) <= 50 else None, markersize=3, label=ylabel or "metric")
+    ax.plot(s, y, marker='o' if len(y) <= 50 else None, markersize=3, label=ylabel or 'metric')
     if floor is not None:
-        ax.axhline(float(floor), color="k", linestyle="--", linewidth=1, label="noise floor")
+        ax.axhline(float(floor), color='k', linestyle='--', linewidth=1, label='noise floor')
     if log:
         finite = y[np.isfinite(y)]
         if floor is not None:
             finite = np.append(finite, float(floor))
         if finite.size and np.all(finite > 0):
-            ax.set_yscale("log")
+            ax.set_yscale('log')
         elif finite.size:
             # Linear band around zero: up to the floor if positive, else 1e-3 of the range.
             top = float(np.max(np.abs(finite)))
             lin = float(floor) if floor is not None and floor > 0 else 1e-3 * top
-            ax.set_yscale("symlog", linthresh=lin if lin > 0 else 1.0)
-    ax.set_xlabel("step")
+            ax.set_yscale('symlog', linthresh=lin if lin > 0 else 1.0)
+    ax.set_xlabel('step')
     if ylabel:
         ax.set_ylabel(ylabel)
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, which='both', alpha=0.3)
     ax.legend()
     fig.tight_layout()
     return _save(fig, path)
@@ -345,10 +372,10 @@ def image_grid(
     if arr.ndim == 3:
         arr = arr[..., None]
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"images must be [n, h, w] or [n, h, w, c], c in 1/3/4; got {arr.shape}")
+        raise ValueError(f'images must be [n, h, w] or [n, h, w, c], c in 1/3/4; got {arr.shape}')
     n, h, w, c = arr.shape
     if n == 0:
-        raise ValueError("image_grid needs at least one image")
+        raise ValueError('image_grid needs at least one image')
     ncol = int(nrow) if nrow else int(math.ceil(math.sqrt(n)))
     ncol = max(1, min(ncol, n))
     rows = int(math.ceil(n / ncol))
@@ -362,5 +389,5 @@ def image_grid(
     img = Image.fromarray(pixels[..., 0] if c == 1 else pixels)  # L, RGB or RGBA
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    img.save(path, format="PNG")
+    img.save(path, format='PNG')
     return path

@@ -16,17 +16,20 @@ from absl import app, flags
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A drift_jax workdir (finished or running).')
 _NUM = flags.DEFINE_integer('num', 1000, 'Number of samples.')
-_OUT = flags.DEFINE_string('out', 'samples.npy', 'Output file: .npy, .csv (points) or .png '
-                           '(images: a grid).')
+_OUT = flags.DEFINE_string(
+    'out', 'samples.npy', 'Output file: .npy, .csv (points) or .png (images: a grid).'
+)
 _SEED = flags.DEFINE_integer('seed', 0, 'Noise seed.')
-_LABELS = flags.DEFINE_list('labels', None, 'Images: class labels, cycled over the samples '
-                            '(default: all classes in turn).')
+_LABELS = flags.DEFINE_list(
+    'labels', None, 'Images: class labels, cycled over the samples (default: all classes in turn).'
+)
 _ALPHA = flags.DEFINE_float('alpha', 1.0, 'Images: guidance scale alpha >= 1.')
 flags.mark_flags_as_required(['workdir'])
 
 
-def sample_workdir(workdir: str, num: int, seed: int = 0, labels=None,
-                   alpha: float | None = None) -> np.ndarray:
+def sample_workdir(
+    workdir: str, num: int, seed: int = 0, labels=None, alpha: float | None = None
+) -> np.ndarray:
     """num samples from the newest checkpoint's EMA parameters.
 
     Returns [num, D] points in data coordinates, or [num, H, W, C] images in [0, 1].
@@ -36,11 +39,13 @@ def sample_workdir(workdir: str, num: int, seed: int = 0, labels=None,
     import jax
 
     from drift_jax import train
+
     run, state, _ = train.load_run(workdir)
     key = jax.random.PRNGKey(seed)
     if run.task.kind == 'images':
-        return train.sample(run, state.ema_params, key, num, labels=labels,
-                            alpha=1.0 if alpha is None else alpha)
+        return train.sample(
+            run, state.ema_params, key, num, labels=labels, alpha=1.0 if alpha is None else alpha
+        )
     if labels is not None or alpha not in (None, 1.0):
         raise ValueError('--labels and --alpha apply to image workdirs only.')
     return train.sample(run, state.ema_params, key, num)
@@ -56,8 +61,7 @@ def main(argv):
     if _ALPHA.value < 1:
         raise app.UsageError(f'--alpha must be >= 1, got {_ALPHA.value}.')
     labels = None if _LABELS.value is None else [int(v) for v in _LABELS.value]
-    x = sample_workdir(_WORKDIR.value, _NUM.value, _SEED.value, labels=labels,
-                       alpha=_ALPHA.value)
+    x = sample_workdir(_WORKDIR.value, _NUM.value, _SEED.value, labels=labels, alpha=_ALPHA.value)
     if ext == '.npy':
         np.save(out, x)
     elif ext == '.csv':
@@ -69,6 +73,7 @@ def main(argv):
             raise app.UsageError('.png output is for image samples; use .npy or .csv.')
         from drift_jax import plotting
         from drift_jax.tasks import images as image_task
+
         plotting.image_grid(image_task.upscale(x), out)
     print(f'drift_jax: wrote {x.shape[0]} samples of shape {x.shape[1:]} to {out}')
 

@@ -39,12 +39,12 @@ class TrainState:
     average (used for samples) and its optimiser state.
     """
 
-    step: jax.Array          # int32 []
+    step: jax.Array  # int32 []
     params: Any
     ema_params: Any
     opt_state: Any
-    rng: jax.Array           # uint32 [2]; per-step keys are fold_in(rng, step)
-    extra: Any = None        # method-held state, e.g. the image memory bank
+    rng: jax.Array  # uint32 [2]; per-step keys are fold_in(rng, step)
+    extra: Any = None  # method-held state, e.g. the image memory bank
 
 
 @dataclasses.dataclass
@@ -55,8 +55,7 @@ class Run:
     task: Any
     method: methods.Method
     mesh: jax.sharding.Mesh
-    optimizers: dict[str, optax.GradientTransformation] = dataclasses.field(
-        default_factory=dict)
+    optimizers: dict[str, optax.GradientTransformation] = dataclasses.field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- config
@@ -78,9 +77,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     method = methods.method_class(config.get('method', methods.DEFAULT_METHOD))
     task = tasks.task_class(config.get('task', 'toy'))
     if task.kind not in method.task_kinds:
-        raise ValueError(f'method={method.name!r} does not train on {task.kind} data '
-                         f'(task={config.get("task", "toy")!r}); it takes '
-                         f'{method.task_kinds}.')
+        raise ValueError(
+            f'method={method.name!r} does not train on {task.kind} data '
+            f'(task={config.get("task", "toy")!r}); it takes '
+            f'{method.task_kinds}.'
+        )
     task.validate(config)
     method.validate(config, task.kind)
     t, e = config.train, config.eval
@@ -93,9 +94,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     _positive(e.num_samples, 'eval.num_samples', int)
     n_data = mesh_lib.mesh_shape(config.mesh, num_devices)[0]
     if t.batch_size % n_data:
-        raise ValueError(f'train.batch_size={t.batch_size} is not divisible by the {n_data} '
-                         "devices of the mesh's data axis; use a multiple of "
-                         f'{n_data}.')
+        raise ValueError(
+            f'train.batch_size={t.batch_size} is not divisible by the {n_data} '
+            "devices of the mesh's data axis; use a multiple of "
+            f'{n_data}.'
+        )
 
 
 def make_run(config: ml_collections.ConfigDict) -> Run:
@@ -117,8 +120,15 @@ def _init_fn(run: Run):
         params, extra = run.method.init(k_init)
         txs = _optimizers(run, tuple(params))
         opt_state = {name: txs[name].init(p) for name, p in params.items()}
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                          opt_state=opt_state, rng=k_run, extra=extra)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            ema_params=params,
+            opt_state=opt_state,
+            rng=k_run,
+            extra=extra,
+        )
+
     return init
 
 
@@ -127,16 +137,20 @@ def _optimizers(run: Run, networks: tuple[str, ...]) -> dict[str, optax.Gradient
         run.optimizers = run.method.optimizers(networks)
         missing = set(networks) - set(run.optimizers)
         if missing:
-            raise ValueError(f'method {run.method.name!r} gives no optimiser for its networks '
-                             f'{sorted(missing)}.')
+            raise ValueError(
+                f'method {run.method.name!r} gives no optimiser for its networks {sorted(missing)}.'
+            )
     return run.optimizers
 
 
 def abstract_train_state(run: Run) -> TrainState:
     """Shapes, dtypes and shardings of the train state, without allocating it."""
     abstract = jax.eval_shape(_init_fn(run), jax.random.PRNGKey(0))
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, mesh_lib.state_shardings(run.mesh, abstract))
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract,
+        mesh_lib.state_shardings(run.mesh, abstract),
+    )
 
 
 def create_train_state(run: Run, seed: int) -> TrainState:
@@ -173,18 +187,19 @@ def make_train_step(run: Run) -> Callable[[TrainState, Any], tuple[TrainState, d
             def loss_of(p, name=name, update=update, k=k, extra=extra):
                 return update.loss({**params, name: p}, extra, k, batch)
 
-            (loss, (stats, extra)), grads = jax.value_and_grad(loss_of, has_aux=True)(
-                params[name])
+            (loss, (stats, extra)), grads = jax.value_and_grad(loss_of, has_aux=True)(params[name])
             deltas, opt_state[name] = txs[name].update(grads, opt_state[name], params[name])
             params[name] = optax.apply_updates(params[name], deltas)
             suffix = '' if single else f'/{name}'
-            out.update({f'loss{suffix}': loss, f'grad_norm{suffix}': optax.tree.norm(grads),
-                        **stats})
+            out.update(
+                {f'loss{suffix}': loss, f'grad_norm{suffix}': optax.tree.norm(grads), **stats}
+            )
         # EMA with a short ramp so early evaluations are not dominated by the random init.
         decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-        new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
-                                  opt_state=opt_state, extra=extra)
+        new_state = state.replace(
+            step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state, extra=extra
+        )
         return new_state, out
 
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
@@ -235,7 +250,8 @@ def _check_finite(step: int, values: dict[str, float], last_saved: int | None) -
     if bad:
         raise FloatingPointError(
             f'Training diverged at step {step}: {bad}. The last good checkpoint '
-            f'(step {last_saved}) is kept; lower optim.learning_rate or set optim.grad_clip.')
+            f'(step {last_saved}) is kept; lower optim.learning_rate or set optim.grad_clip.'
+        )
 
 
 def _restore(ckpt: checkpointing.Checkpointer, run: Run):
@@ -248,11 +264,18 @@ def _restore(ckpt: checkpointing.Checkpointer, run: Run):
     legacy = None
     if len(abstract.params) == 1:
         (name,) = abstract.params
-        legacy = (abstract.replace(params=abstract.params[name],
-                                   ema_params=abstract.ema_params[name],
-                                   opt_state=abstract.opt_state[name]),
-                  lambda s: s.replace(params={name: s.params}, ema_params={name: s.ema_params},
-                                      opt_state={name: s.opt_state}))
+        legacy = (
+            abstract.replace(
+                params=abstract.params[name],
+                ema_params=abstract.ema_params[name],
+                opt_state=abstract.opt_state[name],
+            ),
+            lambda s: s.replace(
+                params={name: s.params},
+                ema_params={name: s.ema_params},
+                opt_state={name: s.opt_state},
+            ),
+        )
     return ckpt.restore(abstract, legacy=legacy)
 
 
@@ -265,12 +288,15 @@ def _evaluator(run: Run, seed: int):
     def evaluate(state: TrainState, step: int, sample_dir: str | None) -> dict[str, Any]:
         out = {}
         if task_eval is not None:
+
             def sampler(key, n, labels=None):
                 return method.sample(state.ema_params, key, n, labels=labels)
+
             out.update(task_eval(sampler, step, sample_dir))
             out['nfe'] = method.nfe()
         out.update(method.evaluate(state.ema_params, step))
         return out
+
     return evaluate
 
 
@@ -284,7 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       The final evaluation metrics (points: 'step', 'energy_distance', 'energy_floor',
       'energy_ratio', 'nfe'; images: FD, its floor, precision, recall, class accuracy).
     """
-    run = make_run(config)                  # validates everything before any compile
+    run = make_run(config)  # validates everything before any compile
     config = run.config
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
@@ -293,14 +319,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if changed and is_main:
         # Resuming with other settings is allowed (e.g. more steps) but never silent.
         logging.warning('Config differs from the run saved in %s: %s', workdir, changed)
-        print(f'drift_jax: WARNING: config differs from the saved run in {workdir}: '
-              + '; '.join(changed), flush=True)
+        print(
+            f'drift_jax: WARNING: config differs from the saved run in {workdir}: '
+            + '; '.join(changed),
+            flush=True,
+        )
     if is_main:
         writers.save_config(config, workdir)
     total = int(config.train.steps)
 
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                      max_to_keep=config.train.max_to_keep)
+    ckpt = checkpointing.Checkpointer(
+        os.path.join(workdir, 'checkpoints'), max_to_keep=config.train.max_to_keep
+    )
     restored = _restore(ckpt, run)
     if restored is not None:
         state, start = restored
@@ -309,7 +339,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             print(f'drift_jax: resumed from step {start} of {total}', flush=True)
     else:
         state, start = create_train_state(run, config.train.seed), 0
-        state = run.method.warm_start(state)   # e.g. fill the memory bank before step 1
+        state = run.method.warm_start(state)  # e.g. fill the memory bank before step 1
     last_saved = start if restored is not None else None
     writer = writers.MetricWriter(workdir, enabled=is_main, resume_step=start)
     sample_dir = os.path.join(workdir, 'samples')
@@ -324,7 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.write(step, values)
         return values
 
-    pending = None                                  # (step, device metrics) not yet fetched
+    pending = None  # (step, device metrics) not yet fetched
 
     def drain():
         nonlocal pending
@@ -348,15 +378,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             for step in range(start + 1, total + 1):
                 batch = _global_batch(run.task.host_batch(step, host_n), run.mesh)
                 state, m = train_step(state, batch)
-                drain()                            # fetch step-1 while step runs
+                drain()  # fetch step-1 while step runs
                 pending = (step, m)
                 progress.update(1)
                 final = step == total
-                stopping = stop.requested          # read once: a signal may land any time
+                stopping = stop.requested  # read once: a signal may land any time
                 do_save = final or stopping or step % config.train.checkpoint_every == 0
                 do_eval = final or step % config.eval.every == 0
                 if do_save or do_eval:
-                    drain()                        # checks finiteness before saving
+                    drain()  # checks finiteness before saving
                 if do_save:
                     ckpt.save(step, state, force=True)
                     last_saved = step
@@ -367,10 +397,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     break
             drain()
             if start >= total and not last_eval:
-                last_eval = run_eval(total)         # already finished: report again
+                last_eval = run_eval(total)  # already finished: report again
     finally:
         progress.close()
-        ckpt.close()                                 # waits for in-flight async saves
+        ckpt.close()  # waits for in-flight async saves
         writer.close()
     if is_main and not stopping:
         writers.finish_samples(sample_dir)

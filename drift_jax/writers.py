@@ -57,8 +57,11 @@ def config_changes(config: ml_collections.ConfigDict, workdir: str) -> list[str]
         return out
 
     a, b = flat(old), flat(new)
-    return [f'{k}: {a.get(k, "(unset)")!r} -> {b.get(k, "(unset)")!r}'
-            for k in sorted(set(a) | set(b)) if a.get(k, None) != b.get(k, None)]
+    return [
+        f'{k}: {a.get(k, "(unset)")!r} -> {b.get(k, "(unset)")!r}'
+        for k in sorted(set(a) | set(b))
+        if a.get(k, None) != b.get(k, None)
+    ]
 
 
 class MetricWriter:
@@ -84,6 +87,7 @@ class MetricWriter:
         self._file = open(self.path, 'a')  # noqa: SIM115 - held open for the whole run
         try:
             from tensorboardX import SummaryWriter
+
             self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
         except ImportError:  # TensorBoard events are optional
             self._tb = None
@@ -122,8 +126,15 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 
 def progress_bar(total: int, initial: int, enabled: bool = True):
     """A tqdm bar over training steps (disabled on processes other than 0)."""
-    return tqdm(total=total, initial=initial, disable=not enabled, desc='train',
-                unit='step', dynamic_ncols=True, mininterval=1.0)
+    return tqdm(
+        total=total,
+        initial=initial,
+        disable=not enabled,
+        desc='train',
+        unit='step',
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
 
 
 def finish_samples(sample_dir: str) -> str | None:
@@ -132,4 +143,5 @@ def finish_samples(sample_dir: str) -> str | None:
     if not frames:
         return None
     from drift_jax import plotting
+
     return plotting.make_gif(frames, os.path.join(sample_dir, 'evolution.gif'))

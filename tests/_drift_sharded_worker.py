@@ -11,8 +11,9 @@ import os
 
 # 8 fake CPU devices, added to the flags it was started with (under the tests, the suite's
 # optimisation level: see conftest.py).
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
-                           + ' --xla_force_host_platform_device_count=8').strip()
+os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+).strip()
 
 import json  # noqa: E402
 import sys  # noqa: E402
@@ -43,22 +44,21 @@ def main() -> None:
     auto = (AxisType.Auto,) * 2
     mesh42 = jax.make_mesh((4, 2), ('data', 'fsdp'), axis_types=auto)
     mesh8 = jax.make_mesh((8, 1), ('data', 'fsdp'), axis_types=auto)
-    mesh_explicit = jax.make_mesh((4, 2), ('data', 'fsdp'),
-                                  axis_types=(AxisType.Explicit,) * 2)
+    mesh_explicit = jax.make_mesh((4, 2), ('data', 'fsdp'), axis_types=(AxisType.Explicit,) * 2)
     rng = np.random.default_rng(0)
     out = {}
 
     def check(name, x, y_pos, y_neg=None, mesh=mesh42, **kw):
         opts = field.DriftOptions(**kw.pop('opts', {}))
-        want = jax.jit(lambda *a: field.compute_drift_field_with(
-            *a, opts, **kw))(x, y_pos, y_neg)
+        want = jax.jit(lambda *a: field.compute_drift_field_with(*a, opts, **kw))(x, y_pos, y_neg)
         with jax.set_mesh(mesh):
-            got = jax.jit(lambda *a: sharded.sharded_drift_field(
-                *a, opts, mesh, **kw))(x, y_pos, y_neg)
+            got = jax.jit(lambda *a: sharded.sharded_drift_field(*a, opts, mesh, **kw))(
+                x, y_pos, y_neg
+            )
         assert got.shape == want.shape and got.dtype == jnp.float32
         out[name] = rel(got, want)
 
-    x = f32(rng.normal(size=(37, 2)))               # 37: not a multiple of 4 or 8.
+    x = f32(rng.normal(size=(37, 2)))  # 37: not a multiple of 4 or 8.
     y = f32(rng.normal(size=(29, 2)) + 0.5)
     check('default-odd-n', x, y)
     check('mesh8-odd-n', x, y, mesh=mesh8)
@@ -72,9 +72,20 @@ def main() -> None:
     n16 = f32(rng.normal(size=(18, 16)) - 0.3)
     w16 = f32(rng.uniform(0.5, 2.0, size=30))
     w16[3] = 0.0
-    check('targets-gauss-d16-weights', x16, y16, n16, weights_pos=w16,
-          opts=dict(normalize='targets', kernel='gaussian', temperatures=(0.3, 0.6),
-                    scale_dist=False, self_mask=False))
+    check(
+        'targets-gauss-d16-weights',
+        x16,
+        y16,
+        n16,
+        weights_pos=w16,
+        opts=dict(
+            normalize='targets',
+            kernel='gaussian',
+            temperatures=(0.3, 0.6),
+            scale_dist=False,
+            self_mask=False,
+        ),
+    )
     # Groups, classifier-free-guidance negatives [x; unconditional] with self-mask, weights.
     g, n, d = 3, 13, 3
     xg = f32(rng.normal(size=(g, n, d)) * np.array([0.3, 1.0, 3.0])[:, None, None])
@@ -86,8 +97,14 @@ def main() -> None:
     check('groups-cfg-selfmask', xg, pg, ng, weights_neg=wn, opts=dict(self_mask=True))
     # One temperature, raw distances, blocked: running row shifts, per-block column minima
     # combined across devices.
-    check('online-blocked-groups-cfg', xg, pg, ng, weights_neg=wn,
-          opts=dict(self_mask=True, temperatures=(0.05,), scale_dist=False, block_size=4))
+    check(
+        'online-blocked-groups-cfg',
+        xg,
+        pg,
+        ng,
+        weights_neg=wn,
+        opts=dict(self_mask=True, temperatures=(0.05,), scale_dist=False, block_size=4),
+    )
     xb = jnp.asarray(x).astype(jnp.bfloat16)
     yb = jnp.asarray(y).astype(jnp.bfloat16)
     check('bf16', xb, yb)

@@ -8,5 +8,6 @@ import os
 def with_fake_devices(devices: int) -> str:
     """This process's XLA_FLAGS (the suite's optimisation level, see conftest.py) plus
     `devices` fake CPU devices, for a subprocess's environment."""
-    return (f"--xla_force_host_platform_device_count={devices} "
-            f"{os.environ.get('XLA_FLAGS', '')}").strip()
+    return (
+        f'--xla_force_host_platform_device_count={devices} {os.environ.get("XLA_FLAGS", "")}'
+    ).strip()

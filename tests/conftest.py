@@ -21,12 +21,13 @@ import tempfile
 # XLA_FLAGS for them append to it). Set DRIFT_JAX_TEST_FULL_OPT=1, or give the flag in
 # XLA_FLAGS yourself, to test at XLA's default level.
 _OPT_FLAG = '--xla_backend_optimization_level'
-if (os.environ.get('DRIFT_JAX_TEST_FULL_OPT', '0') != '1'
-        and _OPT_FLAG not in os.environ.get('XLA_FLAGS', '')):
-    os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_OPT_FLAG}=0".strip()
+if os.environ.get('DRIFT_JAX_TEST_FULL_OPT', '0') != '1' and _OPT_FLAG not in os.environ.get(
+    'XLA_FLAGS', ''
+):
+    os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {_OPT_FLAG}=0'.strip()
 
 _CACHE_DIR = None
-_OWNER = False   # This process made the folder (and removes it).
+_OWNER = False  # This process made the folder (and removes it).
 if os.environ.get('DRIFT_JAX_TEST_COMPILATION_CACHE', '1') != '0':
     # pytest-xdist workers inherit the controller's folder (one cache for the whole run).
     _CACHE_DIR = os.environ.get('DRIFT_JAX_TEST_COMPILATION_CACHE_DIR')

@@ -15,17 +15,20 @@ import time
 def main() -> None:
     """Joins, checks counts, sums across processes; optionally kills one process mid-run."""
     parser = argparse.ArgumentParser()
-    parser.add_argument('--die_after', type=float, default=None,
-                        help='--die_process exits abruptly after this many seconds; the other '
-                        'keeps doing collectives and reports how long it took to notice.')
+    parser.add_argument(
+        '--die_after',
+        type=float,
+        default=None,
+        help='--die_process exits abruptly after this many seconds; the other '
+        'keeps doing collectives and reports how long it took to notice.',
+    )
     parser.add_argument('--die_process', type=int, default=1, help='which process dies.')
     parser.add_argument('--heartbeat_timeout', type=int, default=None)
     args = parser.parse_args()
 
     from drift_jax import distributed
 
-    distributed.initialize(distributed.detect(),
-                           heartbeat_timeout_seconds=args.heartbeat_timeout)
+    distributed.initialize(distributed.detect(), heartbeat_timeout_seconds=args.heartbeat_timeout)
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -40,14 +43,16 @@ def main() -> None:
 
     mesh = Mesh(np.array(jax.devices()), ('data',))
     sharding = NamedSharding(mesh, PartitionSpec('data'))
-    local = np.arange(4, dtype=np.float32) + 100 * pid    # 2 rows per device
+    local = np.arange(4, dtype=np.float32) + 100 * pid  # 2 rows per device
     x = jax.make_array_from_process_local_data(sharding, local)
     assert x.shape == (8,), x.shape
-    total = float(jax.jit(jnp.sum)(x))       # 0+1+2+3 + 100+101+102+103 = 412
+    total = float(jax.jit(jnp.sum)(x))  # 0+1+2+3 + 100+101+102+103 = 412
     gathered = multihost_utils.process_allgather(np.array([pid + 1.0]))
-    print(f'MULTIPROCESS_OK process={pid} count={jax.process_count()} '
-          f'devices={jax.device_count()} sum={total:g} gathered={gathered.ravel().tolist()}',
-          flush=True)
+    print(
+        f'MULTIPROCESS_OK process={pid} count={jax.process_count()} '
+        f'devices={jax.device_count()} sum={total:g} gathered={gathered.ravel().tolist()}',
+        flush=True,
+    )
 
     if args.die_after is None:
         return
@@ -61,10 +66,13 @@ def main() -> None:
         try:
             x = step(x)
             x.block_until_ready()
-        except Exception as e:    # report whatever the runtime raises
-            print(f'COLLECTIVE_FAILED after {time.monotonic() - t0:.1f}s in the call, '
-                  f'{time.monotonic() - start:.1f}s since start: {type(e).__name__}: '
-                  f'{str(e)[:300]}', flush=True)
+        except Exception as e:  # report whatever the runtime raises
+            print(
+                f'COLLECTIVE_FAILED after {time.monotonic() - t0:.1f}s in the call, '
+                f'{time.monotonic() - start:.1f}s since start: {type(e).__name__}: '
+                f'{str(e)[:300]}',
+                flush=True,
+            )
             sys.exit(3)
         time.sleep(0.05)
 

@@ -12,14 +12,22 @@ import pytest
 from drift_jax import main as main_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ['--config.train.steps=12', '--config.train.batch_size=64', '--config.train.num_pos=64',
-        '--config.model.width=32', '--config.eval.every=6', '--config.eval.num_samples=100',
-        '--config.train.checkpoint_every=6', '--config.train.log_every=3']
+TINY = [
+    '--config.train.steps=12',
+    '--config.train.batch_size=64',
+    '--config.train.num_pos=64',
+    '--config.model.width=32',
+    '--config.eval.every=6',
+    '--config.eval.num_samples=100',
+    '--config.train.checkpoint_every=6',
+    '--config.train.log_every=3',
+]
 
 
 def run(args, cwd=ROOT, timeout=240):
-    return subprocess.run([sys.executable, '-m', *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, '-m', *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope='module')
@@ -42,13 +50,12 @@ def test_main_then_sample(cli_workdir, tmp_path):
 
 def test_main_resumes_with_more_steps(cli_workdir):
     args = [a for a in TINY if 'train.steps' not in a] + ['--config.train.steps=18']
-    out = run(['drift_jax.main', '--config=configs/spiral.py', f'--workdir={cli_workdir}',
-               *args])
+    out = run(['drift_jax.main', '--config=configs/spiral.py', f'--workdir={cli_workdir}', *args])
     assert out.returncode == 0, out.stderr[-3000:]
     assert 'resumed from step 12' in out.stdout
     # The changed setting is reported, old and new value (the first run used TINY's steps).
     old_steps = next(a for a in TINY if 'train.steps' in a).split('=')[1]
-    assert f"train.steps: {old_steps} -> 18" in out.stdout
+    assert f'train.steps: {old_steps} -> 18' in out.stdout
 
 
 def test_points_config_trains_on_a_users_file(tmp_path):
@@ -57,12 +64,23 @@ def test_points_config_trains_on_a_users_file(tmp_path):
     path = str(tmp_path / 'cloud.csv')
     np.savetxt(path, cloud, delimiter=',', header='a,b,c', comments='')
     workdir = str(tmp_path / 'points')
-    out = run(['drift_jax.main', '--config=configs/points.py', f'--config.data.path={path}',
-               f'--workdir={workdir}', *TINY])
+    out = run(
+        [
+            'drift_jax.main',
+            '--config=configs/points.py',
+            f'--config.data.path={path}',
+            f'--workdir={workdir}',
+            *TINY,
+        ]
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     samples = str(tmp_path / 's.npy')
-    assert run(['drift_jax.sample', f'--workdir={workdir}', '--num=400',
-                f'--out={samples}']).returncode == 0
+    assert (
+        run(
+            ['drift_jax.sample', f'--workdir={workdir}', '--num=400', f'--out={samples}']
+        ).returncode
+        == 0
+    )
     x = np.load(samples)
     assert x.shape == (400, 3)
     # Samples come back in the user's coordinates (not the standardised ones).
@@ -71,15 +89,29 @@ def test_points_config_trains_on_a_users_file(tmp_path):
 
 
 def test_bad_override_fails_fast_with_choices(tmp_path):
-    out = run(['drift_jax.main', '--config=configs/spiral.py', f'--workdir={tmp_path}/w',
-               '--config.data.name=spirals'], timeout=120)
+    out = run(
+        [
+            'drift_jax.main',
+            '--config=configs/spiral.py',
+            f'--workdir={tmp_path}/w',
+            '--config.data.name=spirals',
+        ],
+        timeout=120,
+    )
     assert out.returncode != 0
-    assert "spirals" in out.stderr and 'checkerboard' in out.stderr
+    assert 'spirals' in out.stderr and 'checkerboard' in out.stderr
 
 
 def test_unknown_config_field_is_rejected(tmp_path):
-    out = run(['drift_jax.main', '--config=configs/spiral.py', f'--workdir={tmp_path}/w',
-               '--config.train.stepz=10'], timeout=120)
+    out = run(
+        [
+            'drift_jax.main',
+            '--config=configs/spiral.py',
+            f'--workdir={tmp_path}/w',
+            '--config.train.stepz=10',
+        ],
+        timeout=120,
+    )
     assert out.returncode != 0
     assert 'stepz' in out.stderr
 
@@ -87,14 +119,18 @@ def test_unknown_config_field_is_rejected(tmp_path):
 def test_default_workdir_names():
     assert main_module.default_workdir('configs/spiral.py') == os.path.join('workdirs', 'spiral')
     assert main_module.default_workdir('configs/bimodal.py:far') == os.path.join(
-        'workdirs', 'bimodal_far')
+        'workdirs', 'bimodal_far'
+    )
 
 
-@pytest.mark.parametrize('args, message', [
-    (['--out=samples.txt'], '--out must end in .npy, .csv or .png'),
-    (['--alpha=0.5'], '--alpha must be >= 1'),
-    (['--num=0'], '--num must be positive'),
-])
+@pytest.mark.parametrize(
+    'args, message',
+    [
+        (['--out=samples.txt'], '--out must end in .npy, .csv or .png'),
+        (['--alpha=0.5'], '--alpha must be >= 1'),
+        (['--num=0'], '--num must be positive'),
+    ],
+)
 def test_sample_cli_rejects_bad_flags(cli_workdir, tmp_path, args, message):
     args = [a.replace('--out=', f'--out={tmp_path}/') for a in args]
     out = run(['drift_jax.sample', f'--workdir={cli_workdir}', *args], timeout=120)
@@ -103,8 +139,10 @@ def test_sample_cli_rejects_bad_flags(cli_workdir, tmp_path, args, message):
 
 
 def test_sample_cli_on_missing_workdir(tmp_path):
-    out = run(['drift_jax.sample', f'--workdir={tmp_path}/nothing', '--num=3',
-               f'--out={tmp_path}/s.npy'], timeout=120)
+    out = run(
+        ['drift_jax.sample', f'--workdir={tmp_path}/nothing', '--num=3', f'--out={tmp_path}/s.npy'],
+        timeout=120,
+    )
     assert out.returncode != 0
     assert 'is not a drift_jax workdir' in out.stderr or 'does not exist' in out.stderr
 
@@ -113,17 +151,35 @@ def test_train_step_benchmark_times_a_config_file(tmp_path):
     """benchmarks/train_step.py --config times that config's own step and writes records."""
     path = str(tmp_path / 'step.json')
     out = subprocess.run(
-        [sys.executable, 'benchmarks/train_step.py', '--config=configs/spiral.py',
-         '--set=train.batch_size=64', '--set=train.num_pos=64', '--set=model.width=32',
-         '--steps=2', '--repeats=2', f'--json={path}'],
-        cwd=ROOT, capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            'benchmarks/train_step.py',
+            '--config=configs/spiral.py',
+            '--set=train.batch_size=64',
+            '--set=train.num_pos=64',
+            '--set=model.width=32',
+            '--steps=2',
+            '--repeats=2',
+            f'--json={path}',
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     import json
+
     with open(path) as f:
         (rec,) = json.load(f)
     assert rec['config'] == 'configs/spiral.py' and rec['batch_size'] == 64
     assert rec['overrides'] == ['train.batch_size=64', 'train.num_pos=64', 'model.width=32']
     assert rec['ms_per_step'] > 0 and abs(rec['steps_per_s'] * rec['ms_per_step'] - 1e3) < 20
-    bad = subprocess.run([sys.executable, 'benchmarks/train_step.py', '--config=nope.py'],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, 'benchmarks/train_step.py', '--config=nope.py'],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode != 0 and "'nope.py' does not exist" in bad.stderr

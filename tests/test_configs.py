@@ -20,8 +20,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, 'configs')
 CONFIG_FILES = sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith('.py'))
 # (H, W, C, classes) of the datasets the image configs name.
-IMAGE_SHAPES = {'digits': (8, 8, 1, 10), 'mnist': (28, 28, 1, 10),
-                'fashion_mnist': (28, 28, 1, 10), 'cifar10': (32, 32, 3, 10)}
+IMAGE_SHAPES = {
+    'digits': (8, 8, 1, 10),
+    'mnist': (28, 28, 1, 10),
+    'fashion_mnist': (28, 28, 1, 10),
+    'cifar10': (32, 32, 3, 10),
+}
 
 
 def _load(name):
@@ -32,8 +36,17 @@ def _load(name):
 
 
 def test_config_list_is_complete():
-    for name in ('spiral', 'bimodal', 'points', 'digits', 'mnist', 'mnist_features',
-                 'mae_mnist', 'fashion_mnist', 'cifar10'):
+    for name in (
+        'spiral',
+        'bimodal',
+        'points',
+        'digits',
+        'mnist',
+        'mnist_features',
+        'mae_mnist',
+        'fashion_mnist',
+        'cifar10',
+    ):
         assert name in CONFIG_FILES
 
 
@@ -50,12 +63,16 @@ def test_config_builds(name):
         return
     h, w, ch, classes = IMAGE_SHAPES[c.data.name]
     if c.method == 'mae':
-        mae = encoders.make_mae(ch, widths=tuple(c.mae.widths),
-                                blocks_per_stage=c.mae.blocks_per_stage,
-                                decoder_width=c.mae.decoder_width,
-                                stem_stride=c.mae.get('stem_stride', 1))
-        out, _ = jax.eval_shape(lambda: mae.init_with_output(jax.random.key(0),
-                                                             jnp.zeros((2, h, w, ch))))
+        mae = encoders.make_mae(
+            ch,
+            widths=tuple(c.mae.widths),
+            blocks_per_stage=c.mae.blocks_per_stage,
+            decoder_width=c.mae.decoder_width,
+            stem_stride=c.mae.get('stem_stride', 1),
+        )
+        out, _ = jax.eval_shape(
+            lambda: mae.init_with_output(jax.random.key(0), jnp.zeros((2, h, w, ch)))
+        )
         assert out.shape == (2, h, w, ch)
         return
     t = c.train
@@ -64,7 +81,12 @@ def test_config_builds(name):
     if c.encoder.name == 'mae':
         assert c.encoder.workdir, name
     model = image_models.make_image_generator(c.model, (h, w, ch), classes)
-    out, _ = jax.eval_shape(lambda: model.init_with_output(
-        jax.random.key(0), jnp.zeros((2, *model.noise_shape)), jnp.zeros((2,), jnp.int32),
-        jnp.ones((2,))))
+    out, _ = jax.eval_shape(
+        lambda: model.init_with_output(
+            jax.random.key(0),
+            jnp.zeros((2, *model.noise_shape)),
+            jnp.zeros((2,), jnp.int32),
+            jnp.ones((2,)),
+        )
+    )
     assert out.shape == (2, h, w, ch)

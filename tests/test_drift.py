@@ -49,9 +49,21 @@ def _masked_log_softmax(logits: np.ndarray, valid: np.ndarray, axis: int) -> np.
         return np.where(valid, masked - lse, -np.inf)
 
 
-def reference_field(x, y_pos, y_neg, w_pos, w_neg, *, temperatures, kernel='laplace',
-                    normalize='both', self_mask=False, scale_dist=True, normalize_drift=True,
-                    floor=None):
+def reference_field(
+    x,
+    y_pos,
+    y_neg,
+    w_pos,
+    w_neg,
+    *,
+    temperatures,
+    kernel='laplace',
+    normalize='both',
+    self_mask=False,
+    scale_dist=True,
+    normalize_drift=True,
+    floor=None,
+):
     """One group of the drifting field in float64. Returns (V [N, D], c, affinities).
 
     `floor` switches to the official code's form a = sqrt(max(row * col, floor)) on the
@@ -78,28 +90,30 @@ def reference_field(x, y_pos, y_neg, w_pos, w_neg, *, temperatures, kernel='lapl
     v = np.zeros((n, d))
     affinities = []
     for tau in temperatures:
-        logits = -dist / tau if kernel == 'laplace' else -dist ** 2 / (2.0 * tau ** 2)
+        logits = -dist / tau if kernel == 'laplace' else -(dist**2) / (2.0 * tau**2)
         if normalize == 'none':
             log_a = np.where(valid, logits, -np.inf)
         elif normalize == 'targets':
             log_a = _masked_log_softmax(logits, valid, axis=1)
         else:
-            log_a = 0.5 * (_masked_log_softmax(logits, valid, axis=1)
-                           + _masked_log_softmax(logits, valid, axis=0))
+            log_a = 0.5 * (
+                _masked_log_softmax(logits, valid, axis=1)
+                + _masked_log_softmax(logits, valid, axis=0)
+            )
         a = np.exp(log_a) if floor is None else np.sqrt(np.maximum(np.exp(2 * log_a), floor))
         a = np.where(valid, a * w[None, :], 0.0)
         affinities.append(a)
         a_neg, a_pos = a[:, :m_neg], a[:, m_neg:]
-        v_tau = (a_neg.sum(axis=1, keepdims=True) * (a_pos @ y_scaled[m_neg:])
-                 - a_pos.sum(axis=1, keepdims=True) * (a_neg @ y_scaled[:m_neg]))
+        v_tau = a_neg.sum(axis=1, keepdims=True) * (a_pos @ y_scaled[m_neg:]) - a_pos.sum(
+            axis=1, keepdims=True
+        ) * (a_neg @ y_scaled[:m_neg])
         if normalize_drift:
-            v_tau = v_tau / np.sqrt(np.mean(v_tau ** 2))
+            v_tau = v_tau / np.sqrt(np.mean(v_tau**2))
         v = v + v_tau
     return v * c, c, affinities
 
 
-def reference(x, y_pos, y_neg=None, weights_pos=None, weights_neg=None, *, self_mask=None,
-              **opts):
+def reference(x, y_pos, y_neg=None, weights_pos=None, weights_neg=None, *, self_mask=None, **opts):
     """Reference with the library's calling convention ([N, D] or [G, N, D]): (V, c)."""
     x, y_pos = np.asarray(x, np.float64), np.asarray(y_pos, np.float64)
     if y_neg is None:
@@ -119,8 +133,10 @@ def reference(x, y_pos, y_neg=None, weights_pos=None, weights_neg=None, *, self_
 
     w_pos = per_group(weights_pos, y_pos.shape[1])
     w_neg = per_group(weights_neg, y_neg.shape[1])
-    out = [reference_field(x[k], y_pos[k], y_neg[k], w_pos[k], w_neg[k], self_mask=mask,
-                           **opts)[:2] for k in range(g)]
+    out = [
+        reference_field(x[k], y_pos[k], y_neg[k], w_pos[k], w_neg[k], self_mask=mask, **opts)[:2]
+        for k in range(g)
+    ]
     v = np.stack([o[0] for o in out])
     c = np.array([o[1] for o in out])
     return (v, c) if grouped else (v[0], c[0])
@@ -163,27 +179,66 @@ class Case:
 
 CASES = {
     'small-default': Case(N, M_POS, D),
-    'small-targets-gauss-raw': Case(N, M_POS, D, opts=dict(
-        normalize='targets', kernel='gaussian', temperatures=(0.5,), scale_dist=False,
-        normalize_drift=False)),
-    'small-none-laplace-scaled': Case(N, M_POS, D, opts=dict(normalize='none',
-                                                          temperatures=(0.2,))),
-    'small-none-gauss-raw-3t': Case(N, M_POS, D, opts=dict(
-        normalize='none', kernel='gaussian', temperatures=(0.5, 1.0, 2.0), scale_dist=False,
-        normalize_drift=False)),
-    'small-weights-1t': Case(N, M_POS, D, weights='both', opts=dict(
-        temperatures=(0.05,), normalize_drift=False)),
+    'small-targets-gauss-raw': Case(
+        N,
+        M_POS,
+        D,
+        opts=dict(
+            normalize='targets',
+            kernel='gaussian',
+            temperatures=(0.5,),
+            scale_dist=False,
+            normalize_drift=False,
+        ),
+    ),
+    'small-none-laplace-scaled': Case(
+        N, M_POS, D, opts=dict(normalize='none', temperatures=(0.2,))
+    ),
+    'small-none-gauss-raw-3t': Case(
+        N,
+        M_POS,
+        D,
+        opts=dict(
+            normalize='none',
+            kernel='gaussian',
+            temperatures=(0.5, 1.0, 2.0),
+            scale_dist=False,
+            normalize_drift=False,
+        ),
+    ),
+    'small-weights-1t': Case(
+        N, M_POS, D, weights='both', opts=dict(temperatures=(0.05,), normalize_drift=False)
+    ),
     'd16-default-neg': Case(N, M_POS, 16, m_neg=N),
-    'd16-targets-1t-wpos': Case(N, M_POS, 16, m_neg=N, weights='pos', opts=dict(
-        normalize='targets', temperatures=(0.1,), normalize_drift=False)),
-    'd16-gauss-3t-weights': Case(N, M_POS, 16, m_neg=N, weights='both', opts=dict(
-        kernel='gaussian', temperatures=(0.1, 0.2, 0.5))),
-    'd16-none-raw': Case(N, M_POS, 16, m_neg=N, opts=dict(
-        normalize='none', temperatures=(2.0,), scale_dist=False)),
+    'd16-targets-1t-wpos': Case(
+        N,
+        M_POS,
+        16,
+        m_neg=N,
+        weights='pos',
+        opts=dict(normalize='targets', temperatures=(0.1,), normalize_drift=False),
+    ),
+    'd16-gauss-3t-weights': Case(
+        N,
+        M_POS,
+        16,
+        m_neg=N,
+        weights='both',
+        opts=dict(kernel='gaussian', temperatures=(0.1, 0.2, 0.5)),
+    ),
+    'd16-none-raw': Case(
+        N, M_POS, 16, m_neg=N, opts=dict(normalize='none', temperatures=(2.0,), scale_dist=False)
+    ),
     'grouped-default-wpos': Case(N, M_POS, D, groups=3, weights='pos'),
     'cfg-selfmask-default': Case(N, N, D, cfg=M_POS - N, weights='neg'),
-    'cfg-selfmask-targets-1t': Case(N, N, D, cfg=M_POS - N, weights='neg', opts=dict(
-        normalize='targets', temperatures=(0.05,), normalize_drift=False)),
+    'cfg-selfmask-targets-1t': Case(
+        N,
+        N,
+        D,
+        cfg=M_POS - N,
+        weights='neg',
+        opts=dict(normalize='targets', temperatures=(0.05,), normalize_drift=False),
+    ),
 }
 
 
@@ -192,8 +247,9 @@ def _make_inputs(case: Case, seed: int):
     rng = np.random.default_rng(seed)
     lead = () if case.groups is None else (case.groups,)
     # Different offsets and spreads per group, so per-group scales really differ.
-    spread = np.ones(lead + (1, 1)) if not lead else np.geomspace(0.3, 3.0, case.groups)[
-        :, None, None]
+    spread = (
+        np.ones(lead + (1, 1)) if not lead else np.geomspace(0.3, 3.0, case.groups)[:, None, None]
+    )
     x = _f32(rng.normal(size=lead + (case.n, case.d)) * spread)
     y_pos = _f32((rng.normal(size=lead + (case.m_pos, case.d)) + 0.7) * spread)
     y_neg = None
@@ -212,7 +268,7 @@ def _make_inputs(case: Case, seed: int):
         if case.cfg:
             # Classifier-free guidance: unconditional reals get (alpha - 1)(N - 1) / N_uncond.
             w_neg = np.ones(m_neg, np.float32)
-            w_neg[case.n:] = (1.5 - 1.0) * (case.n - 1) / case.cfg
+            w_neg[case.n :] = (1.5 - 1.0) * (case.n - 1) / case.cfg
             w_neg[case.n + 2] = 0.0
         else:
             w_neg = _weights(rng, m_neg, zero_at=2)
@@ -221,8 +277,13 @@ def _make_inputs(case: Case, seed: int):
 
 
 def _full_opts(opts) -> dict:
-    full = dict(temperatures=PAPER_TEMPS, kernel='laplace', normalize='both', scale_dist=True,
-                normalize_drift=True)
+    full = dict(
+        temperatures=PAPER_TEMPS,
+        kernel='laplace',
+        normalize='both',
+        scale_dist=True,
+        normalize_drift=True,
+    )
     full.update(opts)
     return full
 
@@ -234,8 +295,15 @@ def test_field_matches_reference(name: str) -> None:
     opts = _full_opts(case.opts)
     got = field(x, y_pos, y_neg, **kwargs, **opts)
     assert got.dtype == jnp.float32 and got.shape == x.shape
-    want, _ = reference(x, y_pos, y_neg, kwargs.get('weights_pos'), kwargs.get('weights_neg'),
-                        self_mask=kwargs.get('self_mask'), **opts)
+    want, _ = reference(
+        x,
+        y_pos,
+        y_neg,
+        kwargs.get('weights_pos'),
+        kwargs.get('weights_neg'),
+        self_mask=kwargs.get('self_mask'),
+        **opts,
+    )
     assert np.abs(want).max() > 1e-6  # A non-trivial field.
     assert_field_close(got, want)
 
@@ -255,31 +323,38 @@ def test_pairwise_distances_matches_numpy() -> None:
 # 2. Properties from DESIGN.md.
 
 
-@pytest.mark.parametrize('opts', [
-    dict(),
-    dict(normalize='targets', kernel='gaussian', temperatures=(0.3,)),
-    dict(normalize='none', temperatures=(0.2, 0.5), scale_dist=False, normalize_drift=False),
-], ids=['default', 'targets-gauss', 'none-raw'])
+@pytest.mark.parametrize(
+    'opts',
+    [
+        dict(),
+        dict(normalize='targets', kernel='gaussian', temperatures=(0.3,)),
+        dict(normalize='none', temperatures=(0.2, 0.5), scale_dist=False, normalize_drift=False),
+    ],
+    ids=['default', 'targets-gauss', 'none-raw'],
+)
 def test_anti_symmetry(opts) -> None:
     rng = np.random.default_rng(1)
     x = _f32(rng.normal(size=(N, D)))
     y_a = _f32(rng.normal(size=(M_POS, D)) + 0.5)
     y_b = _f32(rng.normal(size=(N, D)) - 0.5)
     w_a, w_b = _weights(rng, M_POS), _weights(rng, N, zero_at=4)
-    v = np.asarray(field(x, y_a, y_b, weights_pos=w_a, weights_neg=w_b, self_mask=False,
-                         **opts))
-    v_swapped = np.asarray(field(x, y_b, y_a, weights_pos=w_b, weights_neg=w_a,
-                                 self_mask=False, **opts))
+    v = np.asarray(field(x, y_a, y_b, weights_pos=w_a, weights_neg=w_b, self_mask=False, **opts))
+    v_swapped = np.asarray(
+        field(x, y_b, y_a, weights_pos=w_b, weights_neg=w_a, self_mask=False, **opts)
+    )
     assert np.abs(v).max() > 1e-3
     np.testing.assert_allclose(v_swapped, -v, rtol=1e-5, atol=1e-6 * np.abs(v).max())
 
 
-@pytest.mark.parametrize('normalize_drift,scale_dist', [
-    (False, True),
-    (False, False),
-    (True, True),
-    (True, False),
-])
+@pytest.mark.parametrize(
+    'normalize_drift,scale_dist',
+    [
+        (False, True),
+        (False, False),
+        (True, True),
+        (True, False),
+    ],
+)
 def test_zero_field_for_equal_sets(normalize_drift: bool, scale_dist: bool) -> None:
     rng = np.random.default_rng(2)
     x = _f32(rng.normal(size=(N, D)))
@@ -293,12 +368,21 @@ def test_zero_field_for_equal_sets(normalize_drift: bool, scale_dist: bool) -> N
     np.testing.assert_allclose(v, 0.0, atol=1e-5 * typical)
 
 
-@pytest.mark.parametrize('opts', [
-    dict(),
-    dict(normalize='targets', kernel='gaussian', temperatures=(1.0,), scale_dist=False,
-         normalize_drift=False),
-    dict(normalize='none', temperatures=(0.2,)),
-], ids=['default', 'targets-gauss-raw', 'none-scaled'])
+@pytest.mark.parametrize(
+    'opts',
+    [
+        dict(),
+        dict(
+            normalize='targets',
+            kernel='gaussian',
+            temperatures=(1.0,),
+            scale_dist=False,
+            normalize_drift=False,
+        ),
+        dict(normalize='none', temperatures=(0.2,)),
+    ],
+    ids=['default', 'targets-gauss-raw', 'none-scaled'],
+)
 def test_field_points_toward_isolated_positive_cluster(opts) -> None:
     rng = np.random.default_rng(3)
     x = _f32(rng.normal(size=(N, D)) * 0.3)
@@ -324,10 +408,9 @@ def test_loss_gradient_is_minus_field(scale_dist: bool) -> None:
 
     grad = jax.grad(lambda w_: loss_fn(eps @ w_, y_pos, opts=opts)[0])(w)
     x = eps @ w
-    v = np.asarray(field(x, y_pos, temperatures=(0.05, 0.2), scale_dist=scale_dist),
-                   np.float64)
+    v = np.asarray(field(x, y_pos, temperatures=(0.05, 0.2), scale_dist=scale_dist), np.float64)
     _, c = reference(np.asarray(x), y_pos, temperatures=(0.05, 0.2), scale_dist=scale_dist)
-    want = -(2.0 / n) * np.asarray(eps, np.float64).T @ v / c ** 2
+    want = -(2.0 / n) * np.asarray(eps, np.float64).T @ v / c**2
     assert np.abs(want).max() > 1e-3
     np.testing.assert_allclose(np.asarray(grad), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
@@ -356,16 +439,19 @@ def _degenerate_inputs(kind: str):
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize('kind,normalize_drift', [
-    ('duplicates', True),
-    ('duplicates', False),
-    ('identical', False),
-    ('identical', True),
-    ('identical-origin', False),
-    ('identical-origin', True),  # Every V_tau is exactly 0: RMS normalisation is 0 / 0.
-    ('far-tau0.01', False),
-    ('far-tau0.01', True),  # V_tau ~ 1e-23: its squares underflow float32.
-])
+@pytest.mark.parametrize(
+    'kind,normalize_drift',
+    [
+        ('duplicates', True),
+        ('duplicates', False),
+        ('identical', False),
+        ('identical', True),
+        ('identical-origin', False),
+        ('identical-origin', True),  # Every V_tau is exactly 0: RMS normalisation is 0 / 0.
+        ('far-tau0.01', False),
+        ('far-tau0.01', True),  # V_tau ~ 1e-23: its squares underflow float32.
+    ],
+)
 def test_finite_values_and_gradients(kind: str, normalize_drift: bool) -> None:
     x, y_pos, opts = _degenerate_inputs(kind)
     opts['normalize_drift'] = normalize_drift
@@ -376,13 +462,13 @@ def test_finite_values_and_gradients(kind: str, normalize_drift: bool) -> None:
     if kind.startswith('identical'):
         # Zero up to float32 rounding of the coordinates (|y| <= 1).
         np.testing.assert_allclose(np.asarray(v), 0.0, atol=1e-6)
-    field_grad = jax.grad(lambda x_: jnp.sum(field(x_, y_pos, **opts) * probe))(
-        jnp.asarray(x))
+    field_grad = jax.grad(lambda x_: jnp.sum(field(x_, y_pos, **opts) * probe))(jnp.asarray(x))
     assert np.isfinite(np.asarray(field_grad)).all()
     loss, stats = loss_fn(x, y_pos, opts=DriftOptions(**opts))
     assert np.isfinite(float(loss)) and all(np.isfinite(float(s)) for s in stats.values())
     loss_grad = jax.grad(lambda x_: loss_fn(x_, y_pos, opts=DriftOptions(**opts))[0])(
-        jnp.asarray(x))
+        jnp.asarray(x)
+    )
     assert np.isfinite(np.asarray(loss_grad)).all()
 
 
@@ -407,7 +493,7 @@ def test_tau_0p01_far_points_normalized_field_matches_reference() -> None:
     x, y_pos, opts = _degenerate_inputs('far-tau0.01')
     v = np.asarray(field(x, y_pos, **opts))
     want, _ = reference(x, y_pos, **opts)
-    np.testing.assert_allclose(np.sqrt(np.mean(want ** 2)), 1.0, rtol=1e-9)
+    np.testing.assert_allclose(np.sqrt(np.mean(want**2)), 1.0, rtol=1e-9)
     assert_field_close(v, want, rtol=2e-4, atol_frac=1e-5)
 
 
@@ -439,8 +525,9 @@ def test_bf16_inputs() -> None:
 def test_grouped_equals_separate_groups() -> None:
     case = Case(N, M_POS, D, m_neg=N, groups=3, weights='both')
     x, y_pos, y_neg, kwargs = _make_inputs(case, seed=8)
-    kwargs['weights_neg'] = np.stack([_weights(np.random.default_rng(k), N, zero_at=k)
-                                      for k in range(3)])
+    kwargs['weights_neg'] = np.stack(
+        [_weights(np.random.default_rng(k), N, zero_at=k) for k in range(3)]
+    )
     v = np.asarray(field(x, y_pos, y_neg, **kwargs))
     loss, _ = loss_fn(x, y_pos, y_neg, **kwargs)
     assert v.shape == x.shape
@@ -452,7 +539,7 @@ def test_grouped_equals_separate_groups() -> None:
         losses.append(float(loss_fn(x[g], y_pos[g], y_neg[g], **per)[0]))
     np.testing.assert_allclose(float(loss), np.mean(losses), rtol=1e-5)
     # Scale and RMS are per group: the groups' spreads differ 10x, and so do their fields.
-    rms = np.sqrt(np.mean(v ** 2, axis=(1, 2)))
+    rms = np.sqrt(np.mean(v**2, axis=(1, 2)))
     assert rms[2] > 5 * rms[0]
 
 
@@ -461,8 +548,9 @@ def test_groups_in_chunks_equal_all_groups_at_once(monkeypatch) -> None:
     over) give the vectorised result, field, loss and stats, with CFG-style weights."""
     case = Case(N, M_POS, 16, m_neg=N + 4, groups=5, weights='both')
     x, y_pos, y_neg, kwargs = _make_inputs(case, seed=21)
-    kwargs['weights_neg'] = np.stack([_weights(np.random.default_rng(k), N + 4, zero_at=k)
-                                      for k in range(5)])
+    kwargs['weights_neg'] = np.stack(
+        [_weights(np.random.default_rng(k), N + 4, zero_at=k) for k in range(5)]
+    )
     m = M_POS + N + 4
     assert field_lib.group_chunk(5, N, m, backend='gpu') == 5
 
@@ -486,9 +574,16 @@ def test_groups_in_chunks_equal_all_groups_at_once(monkeypatch) -> None:
 # 4. drift_loss value.
 
 
-@pytest.mark.parametrize('name', ['small-default', 'd16-targets-1t-wpos',
-                                  'small-none-gauss-raw-3t', 'grouped-default-wpos',
-                                  'cfg-selfmask-default'])
+@pytest.mark.parametrize(
+    'name',
+    [
+        'small-default',
+        'd16-targets-1t-wpos',
+        'small-none-gauss-raw-3t',
+        'grouped-default-wpos',
+        'cfg-selfmask-default',
+    ],
+)
 def test_loss_value_is_mean_squared_scaled_field(name: str) -> None:
     case = CASES[name]
     x, y_pos, y_neg, kwargs = _make_inputs(case, seed=len(name))
@@ -496,8 +591,15 @@ def test_loss_value_is_mean_squared_scaled_field(name: str) -> None:
     self_mask = kwargs.pop('self_mask', None)
     loss, stats = loss_fn(x, y_pos, y_neg, DriftOptions(self_mask=self_mask, **opts), **kwargs)
     assert loss.shape == () and loss.dtype == jnp.float32
-    want_v, c = reference(x, y_pos, y_neg, kwargs.get('weights_pos'),
-                          kwargs.get('weights_neg'), self_mask=self_mask, **opts)
+    want_v, c = reference(
+        x,
+        y_pos,
+        y_neg,
+        kwargs.get('weights_pos'),
+        kwargs.get('weights_neg'),
+        self_mask=self_mask,
+        **opts,
+    )
     c = np.asarray(c)[..., None, None] if case.groups else c
     want = np.mean(np.sum((want_v / c) ** 2, axis=-1))
     np.testing.assert_allclose(float(loss), want, rtol=1e-5)
@@ -515,28 +617,44 @@ def _field(**kw):
     y = np.ones((6, 2), np.float32)
     args = dict(x=x, y_pos=y)
     args.update(kw)
-    return compute_drift_field(args.pop('x'), args.pop('y_pos'), args.pop('y_neg', None),
-                               **args)
+    return compute_drift_field(args.pop('x'), args.pop('y_pos'), args.pop('y_neg', None), **args)
 
 
-@pytest.mark.parametrize('call,match', [
-    (lambda: _field(temperatures=(0.05, 0.0)), r'temperatures.*0\.0'),
-    (lambda: _field(temperatures=(-0.1,)), r'temperatures.*-0\.1'),
-    (lambda: _field(temperatures=()), 'temperatures'),
-    (lambda: _field(kernel='cauchy'), "'cauchy'.*laplace.*gaussian"),
-    (lambda: _field(normalize='rows'), "'rows'.*both.*targets.*none"),
-    (lambda: _field(block_size=-2), 'block_size=-2'),
-    (lambda: DriftOptions(kernel='cosine'), "'cosine'"),
-    (lambda: options_from_config({'temperatures': (0.05,), 'bogus': 1}), "bogus"),
-    (lambda: _field(y_pos=np.ones((6, 3), np.float32)), r'y_pos.*\(6, 3\)'),
-    (lambda: _field(y_neg=np.ones((4, 3), np.float32)), r'y_neg.*\(4, 3\)'),
-    (lambda: _field(y_pos=np.ones((6,), np.float32)), r'y_pos.*\(6,\)'),
-    (lambda: _field(weights_pos=np.ones(5, np.float32)), r'weights_pos.*\(5,\).*\[6\]'),
-    (lambda: _field(weights_neg=np.ones((2, 5), np.float32)), r'weights_neg.*\(2, 5\)'),
-    (lambda: _field(y_neg=np.ones((3, 2), np.float32), self_mask=True), r'self_mask.*N=5'),
-], ids=['tau-zero', 'tau-negative', 'tau-empty', 'kernel', 'normalize', 'block-size',
-        'options-kernel', 'config-unknown', 'dim-y-pos', 'dim-y-neg', 'rank-y-pos',
-        'weights-pos-shape', 'weights-neg-shape', 'self-mask-too-few'])
+@pytest.mark.parametrize(
+    'call,match',
+    [
+        (lambda: _field(temperatures=(0.05, 0.0)), r'temperatures.*0\.0'),
+        (lambda: _field(temperatures=(-0.1,)), r'temperatures.*-0\.1'),
+        (lambda: _field(temperatures=()), 'temperatures'),
+        (lambda: _field(kernel='cauchy'), "'cauchy'.*laplace.*gaussian"),
+        (lambda: _field(normalize='rows'), "'rows'.*both.*targets.*none"),
+        (lambda: _field(block_size=-2), 'block_size=-2'),
+        (lambda: DriftOptions(kernel='cosine'), "'cosine'"),
+        (lambda: options_from_config({'temperatures': (0.05,), 'bogus': 1}), 'bogus'),
+        (lambda: _field(y_pos=np.ones((6, 3), np.float32)), r'y_pos.*\(6, 3\)'),
+        (lambda: _field(y_neg=np.ones((4, 3), np.float32)), r'y_neg.*\(4, 3\)'),
+        (lambda: _field(y_pos=np.ones((6,), np.float32)), r'y_pos.*\(6,\)'),
+        (lambda: _field(weights_pos=np.ones(5, np.float32)), r'weights_pos.*\(5,\).*\[6\]'),
+        (lambda: _field(weights_neg=np.ones((2, 5), np.float32)), r'weights_neg.*\(2, 5\)'),
+        (lambda: _field(y_neg=np.ones((3, 2), np.float32), self_mask=True), r'self_mask.*N=5'),
+    ],
+    ids=[
+        'tau-zero',
+        'tau-negative',
+        'tau-empty',
+        'kernel',
+        'normalize',
+        'block-size',
+        'options-kernel',
+        'config-unknown',
+        'dim-y-pos',
+        'dim-y-neg',
+        'rank-y-pos',
+        'weights-pos-shape',
+        'weights-neg-shape',
+        'self-mask-too-few',
+    ],
+)
 def test_bad_input_raises(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
@@ -592,8 +710,9 @@ def test_log_space_affinity_is_not_floored() -> None:
     v_all = np.asarray(field(x, y_pos, **raw))
     v_near = np.asarray(field(x, y_pos, weights_pos=w_near, **raw))
     np.testing.assert_allclose(v_all, v_near, rtol=1e-5, atol=1e-6 * np.abs(v_near).max())
-    ref_kw = dict(temperatures=(0.5,), self_mask=True, scale_dist=False, normalize_drift=False,
-                  floor=1e-6)
+    ref_kw = dict(
+        temperatures=(0.5,), self_mask=True, scale_dist=False, normalize_drift=False, floor=1e-6
+    )
     f_all = reference_field(*args, **ref_kw)[0]
     f_near = reference_field(x, y_pos, x, w_near, np.ones(n), **ref_kw)[0]
     assert np.linalg.norm(f_all - f_near) > 0.5 * np.linalg.norm(f_near)

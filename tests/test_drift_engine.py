@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from drift_jax import field
-from drift_jax.field import DriftOptions, blocked, compute_drift_field, engine
+from drift_jax.field import DriftOptions, blocked, compute_drift_field, engine, one_exp
 
 PAPER = (0.02, 0.05, 0.2)
 TOL = 1e-5
@@ -29,8 +29,9 @@ TOL = 1e-5
 @functools.partial(jax.jit, static_argnames=('opts', 'form'))
 def _field(x, y_pos, y_neg, w_pos, w_neg, opts, form):
     """(V [G, N, D] in the input's coordinates, stats) of the forced form."""
-    _, v, scale, stats, _ = field.driver.field_scaled(x, y_pos, y_neg, w_pos, w_neg, opts,
-                                                form=form)
+    _, v, scale, stats, _ = field.driver.field_scaled(
+        x, y_pos, y_neg, w_pos, w_neg, opts, form=form
+    )
     return v * scale[:, None, None], stats
 
 
@@ -47,7 +48,7 @@ def _f32(a):
 def _inputs(case: str):
     """(x, y_pos, y_neg, w_pos, w_neg, options) for one named case."""
     rng = np.random.default_rng(len(case))
-    x = _f32(rng.normal(size=(37, 2)))                  # 37 and 29: not multiples of 8.
+    x = _f32(rng.normal(size=(37, 2)))  # 37 and 29: not multiples of 8.
     y = _f32(rng.normal(size=(29, 2)) + 0.5)
     if case == 'default-odd-sizes':
         return x, y, None, None, None, dict(block_size=8)
@@ -55,20 +56,48 @@ def _inputs(case: str):
         x16, y16 = _f32(rng.normal(size=(21, 16))), _f32(rng.normal(size=(30, 16)) + 0.3)
         w = _f32(rng.uniform(0.5, 2.0, size=30))
         w[3] = 0.0
-        return x16, y16, _f32(rng.normal(size=(18, 16)) - 0.3), w, None, dict(
-            normalize='targets', kernel='gaussian', temperatures=(0.3, 0.6),
-            scale_dist=False, self_mask=False, block_size=7)
+        return (
+            x16,
+            y16,
+            _f32(rng.normal(size=(18, 16)) - 0.3),
+            w,
+            None,
+            dict(
+                normalize='targets',
+                kernel='gaussian',
+                temperatures=(0.3, 0.6),
+                scale_dist=False,
+                self_mask=False,
+                block_size=7,
+            ),
+        )
     if case == 'none-laplace-d3':
-        return _f32(rng.normal(size=(19, 3))), _f32(rng.normal(size=(23, 3))), None, None, \
-            None, dict(normalize='none', temperatures=(0.2, 0.5), block_size=16)
+        return (
+            _f32(rng.normal(size=(19, 3))),
+            _f32(rng.normal(size=(23, 3))),
+            None,
+            None,
+            None,
+            dict(normalize='none', temperatures=(0.2, 0.5), block_size=16),
+        )
     if case in ('tau0.01-far', 'tau0.01-far-normalized'):
         # Raw coordinates, distances 4 to 20: logits -400 to -2000 at tau = 0.01.
         ang = np.arange(11) * 2 * np.pi / 11
         xf = _f32(np.stack([np.cos(ang), np.sin(ang)], 1) * 8)
         yf = _f32(np.stack([np.cos(ang + 0.2), np.sin(ang + 0.2)], 1) * 12)
-        return xf, yf, None, None, None, dict(
-            temperatures=(0.01,), scale_dist=False, block_size=3,
-            normalize_drift=case.endswith('normalized'))
+        return (
+            xf,
+            yf,
+            None,
+            None,
+            None,
+            dict(
+                temperatures=(0.01,),
+                scale_dist=False,
+                block_size=3,
+                normalize_drift=case.endswith('normalized'),
+            ),
+        )
     if case == 'groups-cfg-selfmask':
         g, n = 3, 13
         xg = _f32(rng.normal(size=(g, n, 3)) * np.array([0.3, 1.0, 3.0])[:, None, None])
@@ -77,8 +106,14 @@ def _inputs(case: str):
         w_neg[:, n:] = 0.5 * (n - 1) / 6
         w_neg[1, n + 2] = 0.0
         w_pos = _f32(rng.uniform(0.5, 2.0, size=(g, 17)))
-        return xg, _f32(rng.normal(size=(g, 17, 3)) + 0.4), neg, w_pos, w_neg, dict(
-            self_mask=True, block_size=4)
+        return (
+            xg,
+            _f32(rng.normal(size=(g, 17, 3)) + 0.4),
+            neg,
+            w_pos,
+            w_neg,
+            dict(self_mask=True, block_size=4),
+        )
     if case == 'block-larger-than-n-and-m':
         return x, y, None, None, None, dict(block_size=1000)
     if case == 'paper-temps-block-1':
@@ -89,27 +124,55 @@ def _inputs(case: str):
     # and rescales running row shifts (online softmax).
     if case == 'online-block-1-selfmask':
         # Block 1: every query's first block is empty or its own (masked) self pair.
-        return x[:9], y[:7], None, None, None, dict(temperatures=(0.05,), scale_dist=False,
-                                                    block_size=1)
+        return (
+            x[:9],
+            y[:7],
+            None,
+            None,
+            None,
+            dict(temperatures=(0.05,), scale_dist=False, block_size=1),
+        )
     if case == 'online-targets-weights':
         w = _f32(rng.uniform(0.5, 2.0, size=29))
         w[:6] = 0.0
-        return x, y, _f32(rng.normal(size=(25, 2)) - 1.0), w, None, dict(
-            temperatures=(0.1,), normalize='targets', scale_dist=False, block_size=5)
+        return (
+            x,
+            y,
+            _f32(rng.normal(size=(25, 2)) - 1.0),
+            w,
+            None,
+            dict(temperatures=(0.1,), normalize='targets', scale_dist=False, block_size=5),
+        )
     if case == 'online-groups-cfg-normalized':
         xg = _f32(rng.normal(size=(2, 11, 5)) * np.array([0.2, 4.0])[:, None, None])
         neg = np.concatenate([xg, _f32(rng.normal(size=(2, 5, 5)))], axis=1)
         w_neg = np.ones((2, 16), np.float32)
         w_neg[:, 11:] = 2.0
-        return xg, _f32(rng.normal(size=(2, 14, 5)) + 0.4), neg, None, w_neg, dict(
-            temperatures=(0.02,), scale_dist=False, self_mask=True, block_size=3)
+        return (
+            xg,
+            _f32(rng.normal(size=(2, 14, 5)) + 0.4),
+            neg,
+            None,
+            w_neg,
+            dict(temperatures=(0.02,), scale_dist=False, self_mask=True, block_size=3),
+        )
     raise ValueError(case)
 
 
-CASES = ['default-odd-sizes', 'targets-gauss-d16-weights', 'none-laplace-d3', 'tau0.01-far',
-         'tau0.01-far-normalized', 'groups-cfg-selfmask', 'block-larger-than-n-and-m',
-         'paper-temps-block-1', 'no-power-plan-temps', 'online-block-1-selfmask',
-         'online-targets-weights', 'online-groups-cfg-normalized']
+CASES = [
+    'default-odd-sizes',
+    'targets-gauss-d16-weights',
+    'none-laplace-d3',
+    'tau0.01-far',
+    'tau0.01-far-normalized',
+    'groups-cfg-selfmask',
+    'block-larger-than-n-and-m',
+    'paper-temps-block-1',
+    'no-power-plan-temps',
+    'online-block-1-selfmask',
+    'online-targets-weights',
+    'online-groups-cfg-normalized',
+]
 
 
 @pytest.mark.parametrize('case', CASES)
@@ -150,15 +213,16 @@ def test_benchmark_grouped_case_agrees_across_impls(monkeypatch) -> None:
     finally:
         sys.path.pop(0)
     monkeypatch.setattr(field.driver, 'GROUP_CHUNK_ENTRIES', 2 * 12 * 40)
-    records = bench.run_case(12, 40, 5, PAPER, ['naive', 'dense_allgroups', 'dense'], None,
-                             3, groups=3, rounds=2)
+    records = bench.run_case(
+        12, 40, 5, PAPER, ['naive', 'dense_allgroups', 'dense'], None, 3, groups=3, rounds=2
+    )
     assert [r['impl'] for r in records] == ['naive', 'dense_allgroups', 'dense']
     for r in records:
         assert r['groups'] == 3 and r['max_rel_diff'] < 1e-4, r
         assert len(r['round_ms']) == 2 and len(r['speedup_rounds']) == 2, r
     assert records[0]['speedup_rounds'] == [1.0, 1.0]
     assert field.driver.GROUP_CHUNK_ENTRIES == 2 * 12 * 40
-    with pytest.raises(SystemExit):   # 2 x 2 < 5 timed runs
+    with pytest.raises(SystemExit):  # 2 x 2 < 5 timed runs
         bench.main(['--repeats', '2', '--rounds', '2'])
 
 
@@ -169,12 +233,20 @@ def test_contention_summary_percentiles_speedups_and_correlations() -> None:
         import contention
     finally:
         sys.path.pop(0)
-    rows = [{'matmul': 10.0 + i, 'exp_in_cache': 30.0 - i, 'memory_stream': 5.0,
-             'blocked': 100.0 + 10 * i, 'naive': 400.0} for i in range(11)]
+    rows = [
+        {
+            'matmul': 10.0 + i,
+            'exp_in_cache': 30.0 - i,
+            'memory_stream': 5.0,
+            'blocked': 100.0 + 10 * i,
+            'naive': 400.0,
+        }
+        for i in range(11)
+    ]
     s = contention.summarize(rows)
     np.testing.assert_allclose(s['blocked'], [110.0, 150.0, 190.0])
     np.testing.assert_allclose(s['speedup'], [400 / 190, 400 / 150, 400 / 110])
-    assert s['at_least_3x'] == 4 / 11          # blocked 100, 110, 120 and 130 ms
+    assert s['at_least_3x'] == 4 / 11  # blocked 100, 110, 120 and 130 ms
     corr = s['correlation_with_blocked']
     np.testing.assert_allclose([corr['matmul'], corr['exp_in_cache']], [1.0, -1.0])
     assert np.isnan(corr['memory_stream']) and np.isnan(corr['naive'])
@@ -211,8 +283,16 @@ def test_contention_replot_writes_summary_and_png(tmp_path, capsys) -> None:
         import contention
     finally:
         sys.path.pop(0)
-    rows = [{'matmul': 30.0, 'exp_in_cache': 13.0, 'memory_stream': 14.0 + i,
-             'blocked': 120.0 + 40 * (i % 2), 'naive': 420.0} for i in range(6)]
+    rows = [
+        {
+            'matmul': 30.0,
+            'exp_in_cache': 13.0,
+            'memory_stream': 14.0 + i,
+            'blocked': 120.0 + 40 * (i % 2),
+            'naive': 420.0,
+        }
+        for i in range(6)
+    ]
     src = tmp_path / 'c.json'
     src.write_text(json.dumps({'rows': rows}))
     png = tmp_path / 'sub' / 'c.png'
@@ -250,22 +330,26 @@ SPREADS = {'one-exp': float('inf'), 'two-exp': -1.0}
 
 def _blocked_with_spread(monkeypatch, spread: float, x, y_pos, y_neg, w_pos, w_neg, opts):
     """The blocked field traced afresh with `_ONE_EXP_MAX_SPREAD` set to `spread`."""
-    monkeypatch.setattr(engine, 'ONE_EXP_MAX_SPREAD', spread)
+    monkeypatch.setattr(one_exp, 'ONE_EXP_MAX_SPREAD', spread)
     return jax.jit(lambda *a: _field.__wrapped__(*a, opts, 'blocked'))(
-        x, y_pos, y_neg, w_pos, w_neg)
+        x, y_pos, y_neg, w_pos, w_neg
+    )
 
 
 @pytest.mark.parametrize('spread', list(SPREADS))
-@pytest.mark.parametrize('case', ['default-odd-sizes', 'paper-temps-block-1',
-                                  'no-power-plan-temps', 'online-block-1-selfmask'])
+@pytest.mark.parametrize(
+    'case',
+    ['default-odd-sizes', 'paper-temps-block-1', 'no-power-plan-temps', 'online-block-1-selfmask'],
+)
 def test_blocked_one_exp_and_two_exp_terms_equal_dense(case, spread, monkeypatch) -> None:
-    """Both block terms of the one-group blocked form (`engine.one_exp_terms` and the
+    """Both block terms of the one-group blocked form (`one_exp.one_exp_terms` and the
     two-exp form it falls back to) equal the dense field."""
     x, y_pos, y_neg, w_pos, w_neg, kw = _inputs(case)
     opts = DriftOptions(**kw)
     dense, dense_stats = _field(x, y_pos, y_neg, w_pos, w_neg, opts, 'dense')
-    got, stats = _blocked_with_spread(monkeypatch, SPREADS[spread], x, y_pos, y_neg, w_pos,
-                                      w_neg, opts)
+    got, stats = _blocked_with_spread(
+        monkeypatch, SPREADS[spread], x, y_pos, y_neg, w_pos, w_neg, opts
+    )
     assert _rel(got, dense) < TOL
     for key, value in dense_stats.items():
         np.testing.assert_allclose(stats[key], value, rtol=TOL)
@@ -278,8 +362,12 @@ def _outlier_inputs():
     y_pos = _f32(np.concatenate([rng.normal(size=(23, 2)) + 0.5, [[15.0, 15.0]]]))
     y_neg = _f32(np.concatenate([rng.normal(size=(15, 2)), [[15.3, 14.7]]]))
     x = _f32(np.concatenate([rng.normal(size=(19, 2)), [[20.0, 20.0]]]))
-    return x, y_pos, y_neg, dict(temperatures=(0.05,), scale_dist=False, block_size=8,
-                                 self_mask=False)
+    return (
+        x,
+        y_pos,
+        y_neg,
+        dict(temperatures=(0.05,), scale_dist=False, block_size=8, self_mask=False),
+    )
 
 
 def test_one_exp_terms_are_not_used_where_they_would_underflow(monkeypatch) -> None:
@@ -289,9 +377,10 @@ def test_one_exp_terms_are_not_used_where_they_would_underflow(monkeypatch) -> N
     x, y_pos, y_neg, kw = _outlier_inputs()
     opts = DriftOptions(**kw)
     dense = _field(x, y_pos, y_neg, None, None, opts, 'dense')[0]
-    default = engine.ONE_EXP_MAX_SPREAD
-    forced = _blocked_with_spread(monkeypatch, SPREADS['one-exp'], x, y_pos, y_neg, None,
-                                  None, opts)[0]
+    default = one_exp.ONE_EXP_MAX_SPREAD
+    forced = _blocked_with_spread(
+        monkeypatch, SPREADS['one-exp'], x, y_pos, y_neg, None, None, opts
+    )[0]
     assert not np.isfinite(np.asarray(forced)).all() or not _rel(forced, dense) < 1e-2
     auto = _blocked_with_spread(monkeypatch, default, x, y_pos, y_neg, None, None, opts)[0]
     assert _rel(auto, dense) < TOL
@@ -315,7 +404,7 @@ def test_one_exp_block_flags_a_column_far_beyond_the_block_minimum(weight_far, e
     u, t = _far_target_block(weight_far)
     opts = DriftOptions(temperatures=(0.05,), scale_dist=False, self_mask=False)
     row_shift = jnp.min(u, axis=1)
-    got = engine.one_exp_block(u, t, row_shift, jnp.min(u), jnp.float32(1.0), opts)
+    got = one_exp.one_exp_block(u, t, row_shift, jnp.min(u), jnp.float32(1.0), opts)
     assert bool(got[3]) is exact
 
 
@@ -330,27 +419,29 @@ def test_blocked_field_with_a_far_target_equals_dense() -> None:
     assert _rel(_field(x, y_pos, None, None, None, opts, 'blocked')[0], dense) < TOL
 
 
-@pytest.mark.parametrize('n,d,b,mask_self', [(37, 2, 8, True), (40, 12, 8, True),
-                                              (24, 3, 8, False), (7, 2, 8, True),
-                                              (50, 16, 5, True)])
+@pytest.mark.parametrize(
+    'n,d,b,mask_self',
+    [(37, 2, 8, True), (40, 12, 8, True), (24, 3, 8, False), (7, 2, 8, True), (50, 16, 5, True)],
+)
 def test_symmetric_first_pass_equals_column_blocks(n, d, b, mask_self) -> None:
     """The negatives' first pass from symmetric tiles (5 / 5 / 3 / 1 / 10 tiles: odd, even,
     one) gives the row minima and distance sum of the plain pass over column blocks."""
     x = jnp.asarray(np.random.default_rng(n).normal(size=(n, d)), jnp.float32)
     q = engine.make_queries(x, None, jnp.arange(n) if mask_self else None)
-    t = engine.make_targets(x, jnp.ones(n), jnp.arange(n) if mask_self else None,
-                                   jnp.zeros(d))
+    t = engine.make_targets(x, jnp.ones(n), jnp.arange(n) if mask_self else None, jnp.zeros(d))
     want_min, _, want_sum = engine.pass1_block(q, t, True)
     got_min, got_sum = jax.jit(blocked.symmetric_pass1, static_argnums=(1, 2, 3))(
-        x, b, mask_self, True)
+        x, b, mask_self, True
+    )
     assert got_min.shape == (-(-n // b) * b,) and np.isinf(got_min[n:]).all()
     np.testing.assert_allclose(got_min[:n], want_min, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_sum, want_sum, rtol=1e-6)
 
 
 @pytest.mark.parametrize('temps,m', [((0.05,), 30), (PAPER, 30), ((0.05,), 90)])
-def test_blocked_without_negatives_uses_symmetric_pass_and_equals_dense(temps, m,
-                                                                         monkeypatch) -> None:
+def test_blocked_without_negatives_uses_symmetric_pass_and_equals_dense(
+    temps, m, monkeypatch
+) -> None:
     """y_neg=None (the queries are the negatives) takes the symmetric first pass in the
     one-group blocked form, and the field equals the dense one (also with 90 positives:
     12 blocks against 6 negative ones, so that the first stream holds positives too)."""
@@ -358,8 +449,7 @@ def test_blocked_without_negatives_uses_symmetric_pass_and_equals_dense(temps, m
     x, y_pos = _f32(rng.normal(size=(45, 3))), _f32(rng.normal(size=(m, 3)) + 0.4)
     calls = []
     real = blocked.symmetric_pass1
-    monkeypatch.setattr(blocked, 'symmetric_pass1',
-                        lambda *a: calls.append(a[1:]) or real(*a))
+    monkeypatch.setattr(blocked, 'symmetric_pass1', lambda *a: calls.append(a[1:]) or real(*a))
     opts = DriftOptions(temperatures=temps, block_size=8)
     got = _field(x, y_pos, None, None, None, opts, 'blocked')[0]
     assert calls == [(8, True, True)]
@@ -399,6 +489,7 @@ def test_blocked_gradient_matches_dense() -> None:
         def f(a):
             v = _field.__wrapped__(a[None], y_pos[None], None, None, None, opts, form)[0]
             return jnp.sum(v[0] * probe)
+
         return jax.jit(jax.grad(f))(jnp.asarray(x))
 
     assert _rel(grad('blocked'), grad('dense')) < 1e-4
@@ -412,8 +503,9 @@ def test_one_exp_forward_two_exp_derivatives(monkeypatch) -> None:
     opts = DriftOptions(temperatures=(0.05, 0.2), block_size=8)
     traced = []
     real = blocked.single_group_field
-    monkeypatch.setattr(blocked, 'single_group_field',
-                        lambda *a, **k: traced.append(k['one_exp']) or real(*a, **k))
+    monkeypatch.setattr(
+        blocked, 'single_group_field', lambda *a, **k: traced.append(k['one_exp']) or real(*a, **k)
+    )
 
     def blocked_field(a):
         return _field.__wrapped__(a, y_pos, None, None, None, opts, 'blocked')[0]
@@ -464,8 +556,9 @@ def test_auto_block_size_bounds(n: int, t: int) -> None:
     assert b % 128 == 0 or (b < 128 and b & (b - 1) == 0)
 
 
-@pytest.mark.parametrize('num_neg,num_pos,streams', [(3, 2, 2), (1, 4, 2), (4, 1, 3), (2, 2, 1),
-                                                     (1, 1, 2)])
+@pytest.mark.parametrize(
+    'num_neg,num_pos,streams', [(3, 2, 2), (1, 4, 2), (4, 1, 3), (2, 2, 1), (1, 1, 2)]
+)
 def test_streams_cover_every_block_once_within_one_set(num_neg, num_pos, streams) -> None:
     """Streams split the blocks contiguously and each segment feeds one set only."""
     ranges = blocked.stream_ranges(num_neg + num_pos, streams)
@@ -515,18 +608,30 @@ def test_negative_block_size_raises() -> None:
 # ----------------------------------------------------------------------------
 # Sharded form: 8 fake CPU devices in a subprocess.
 
-SHARDED_CASES = ['default-odd-n', 'mesh8-odd-n', 'explicit-mesh', 'fewer-queries-than-devices',
-                 'blocked-per-device', 'tau0.01-raw', 'none-laplace',
-                 'targets-gauss-d16-weights', 'groups-cfg-selfmask', 'online-blocked-groups-cfg',
-                 'bf16', 'loss', 'loss-grad']
+SHARDED_CASES = [
+    'default-odd-n',
+    'mesh8-odd-n',
+    'explicit-mesh',
+    'fewer-queries-than-devices',
+    'blocked-per-device',
+    'tau0.01-raw',
+    'none-laplace',
+    'targets-gauss-d16-weights',
+    'groups-cfg-selfmask',
+    'online-blocked-groups-cfg',
+    'bf16',
+    'loss',
+    'loss-grad',
+]
 
 
 @pytest.fixture(scope='module')
 def sharded_results() -> dict:
     worker = Path(__file__).with_name('_drift_sharded_worker.py')
     env = dict(os.environ, JAX_PLATFORMS='cpu')
-    proc = subprocess.run([sys.executable, str(worker)], capture_output=True, text=True,
-                          env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(worker)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

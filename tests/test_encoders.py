@@ -27,11 +27,14 @@ def _fast_compiling_prng():
         yield
 
 
-@pytest.mark.parametrize('shape, expected', [
-    ((2, 8, 8, 1), [(8, 8, 4), (4, 4, 8), (2, 2, 16)]),
-    ((2, 28, 28, 1), [(28, 28, 4), (14, 14, 8), (7, 7, 16)]),
-    ((2, 32, 32, 3), [(32, 32, 4), (16, 16, 8), (8, 8, 16)]),
-])
+@pytest.mark.parametrize(
+    'shape, expected',
+    [
+        ((2, 8, 8, 1), [(8, 8, 4), (4, 4, 8), (2, 2, 16)]),
+        ((2, 28, 28, 1), [(28, 28, 4), (14, 14, 8), (7, 7, 16)]),
+        ((2, 32, 32, 3), [(32, 32, 4), (16, 16, 8), (8, 8, 16)]),
+    ],
+)
 def test_encoder_block_shapes(shape, expected):
     model = enc.ResNetEncoder(widths=(4, 8, 16), blocks_per_stage=2)
     x = jnp.zeros(shape)
@@ -41,7 +44,9 @@ def test_encoder_block_shapes(shape, expected):
     assert last.shape == (shape[0],) + expected[-1]
     # blocks_per_stage blocks per stage, each with its own parameters.
     assert sorted(k for k in params['params'] if k.startswith('stage1')) == [
-        'stage1_block0', 'stage1_block1']
+        'stage1_block0',
+        'stage1_block1',
+    ]
 
 
 def test_stem_stride_halves_every_map_and_mae_reconstructs_full_size():
@@ -97,8 +102,9 @@ def _train_mae(module, images, steps: int, batch_size: int, lr: float, seed: int
     def step_fn(params, opt_state, key):
         batch_key, mask_key = jax.random.split(key)
         idx = jax.random.randint(batch_key, (batch_size,), 0, images.shape[0])
-        grads, _ = jax.grad(enc.mae_loss, has_aux=True)(params, module, images[idx], mask_key,
-                                                       0.5, 2)
+        grads, _ = jax.grad(enc.mae_loss, has_aux=True)(
+            params, module, images[idx], mask_key, 0.5, 2
+        )
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
@@ -122,7 +128,8 @@ def test_mae_learns_digits():
     assert float(after['loss']) < 0.5 * float(after['mse_zero'])
     # The encoder subtree works with a plain ResNetEncoder.
     maps = enc.ResNetEncoder(widths=(8, 16), blocks_per_stage=1).apply(
-        {'params': params['encoder']}, held_out[:3])
+        {'params': params['encoder']}, held_out[:3]
+    )
     assert [m.shape for m in maps] == [(3, 8, 8, 8), (3, 4, 4, 16)]
 
 
@@ -132,7 +139,7 @@ def _pool_reference(fmap: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     means, stds = [], []
     for i in range(h // k):
         for j in range(w // k):
-            patch = fmap[:, i * k:(i + 1) * k, j * k:(j + 1) * k].reshape(b, k * k, c)
+            patch = fmap[:, i * k : (i + 1) * k, j * k : (j + 1) * k].reshape(b, k * k, c)
             means.append(patch.mean(1))
             stds.append(patch.std(1))
     return np.stack(means, 1), np.stack(stds, 1)
@@ -146,34 +153,47 @@ def test_feature_sets_shapes_and_values():
     feats = features.feature_sets([jnp.asarray(m) for m in maps], jnp.asarray(raw))
     got = {k: v.shape for k, v in feats.items()}
     assert got == {
-        'block0/locations': (3, 64, 4), 'block0/global_mean': (3, 1, 4),
-        'block0/global_std': (3, 1, 4), 'block0/patch2_mean': (3, 16, 4),
-        'block0/patch2_std': (3, 16, 4), 'block0/patch4_mean': (3, 4, 4),
+        'block0/locations': (3, 64, 4),
+        'block0/global_mean': (3, 1, 4),
+        'block0/global_std': (3, 1, 4),
+        'block0/patch2_mean': (3, 16, 4),
+        'block0/patch2_std': (3, 16, 4),
+        'block0/patch4_mean': (3, 4, 4),
         'block0/patch4_std': (3, 4, 4),
-        'block1/locations': (3, 49, 6), 'block1/global_mean': (3, 1, 6),
-        'block1/global_std': (3, 1, 6), 'block1/patch2_mean': (3, 9, 6),
-        'block1/patch2_std': (3, 9, 6), 'block1/patch4_mean': (3, 1, 6),
+        'block1/locations': (3, 49, 6),
+        'block1/global_mean': (3, 1, 6),
+        'block1/global_std': (3, 1, 6),
+        'block1/patch2_mean': (3, 9, 6),
+        'block1/patch2_std': (3, 9, 6),
+        'block1/patch4_mean': (3, 1, 6),
         'block1/patch4_std': (3, 1, 6),
         # 2x2 map: its one 2x2 patch is the global set, 4x4 patches do not fit.
-        'block2/locations': (3, 4, 5), 'block2/global_mean': (3, 1, 5),
+        'block2/locations': (3, 4, 5),
+        'block2/global_mean': (3, 1, 5),
         'block2/global_std': (3, 1, 5),
         # 1x1 map: the location is the global mean, the global std is 0.
         'block3/locations': (3, 1, 2),
-        'raw': (3, 1, 128), 'energy': (3, 1, 2),
+        'raw': (3, 1, 128),
+        'energy': (3, 1, 2),
     }
     for s, m in enumerate(maps[:3]):
         b, h, w, c = m.shape
         np.testing.assert_array_equal(feats[f'block{s}/locations'], m.reshape(b, h * w, c))
-        np.testing.assert_allclose(feats[f'block{s}/global_mean'][:, 0],
-                                   jnp.mean(jnp.asarray(m), axis=(1, 2)), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(feats[f'block{s}/global_std'][:, 0], m.std(axis=(1, 2)),
-                                   rtol=1e-4)
+        np.testing.assert_allclose(
+            feats[f'block{s}/global_mean'][:, 0],
+            jnp.mean(jnp.asarray(m), axis=(1, 2)),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        np.testing.assert_allclose(
+            feats[f'block{s}/global_std'][:, 0], m.std(axis=(1, 2)), rtol=1e-4
+        )
     for s, k in ((0, 2), (0, 4), (1, 2), (1, 4)):  # 7x7 crops to 6x6 and 4x4.
         mean, std = _pool_reference(maps[s], k)
         np.testing.assert_allclose(feats[f'block{s}/patch{k}_mean'], mean, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(feats[f'block{s}/patch{k}_std'], std, rtol=1e-3, atol=1e-4)
     np.testing.assert_array_equal(feats['raw'][:, 0], raw.reshape(3, -1))
-    np.testing.assert_allclose(feats['energy'][:, 0], (raw ** 2).mean((1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(feats['energy'][:, 0], (raw**2).mean((1, 2)), rtol=1e-5)
 
     # Selections: without 'locations' a 1x1 map keeps its global mean; no raw images, no raw.
     only = features.feature_sets([jnp.asarray(maps[3])], None, include=('global', 'raw'))
@@ -198,7 +218,7 @@ def test_feature_drift_loss_sum_and_gradients():
     k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
     params = jax.jit(model.init)(k1, jnp.zeros((1, 8, 8, 1)))['params']
     gen = jax.random.uniform(k2, (g * n, 8, 8, 1), minval=-1, maxval=1)
-    real = jnp.asarray(_digits()[:g * n_pos])
+    real = jnp.asarray(_digits()[: g * n_pos])
     opts = field.DriftOptions()
     w_pos = jax.random.uniform(k3, (g, n_pos), minval=0.5, maxval=1.5)
     extract = jax.jit(lambda im: features.extract_feature_sets(model, params, im, include=include))
@@ -206,26 +226,35 @@ def test_feature_drift_loss_sum_and_gradients():
 
     def loss_fn(images, enc_params):
         gen_feats = _grouped(
-            features.extract_feature_sets(model, enc_params, images, include=include), g)
+            features.extract_feature_sets(model, enc_params, images, include=include), g
+        )
         loss, metrics = features.feature_drift_loss(gen_feats, pos, None, opts, weights_pos=w_pos)
         # The same sum, one drift_loss call per set on [G * T, N, D] groups.
         manual = 0.0
         for name, x in gen_feats.items():
             t, d = x.shape[2], x.shape[3]
-            manual = manual + field.drift_loss(
-                jnp.swapaxes(x, 1, 2).reshape(g * t, n, d),
-                jnp.swapaxes(pos[name], 1, 2).reshape(g * t, n_pos, d), None, opts,
-                weights_pos=jnp.repeat(w_pos, t, axis=0))[0]
+            manual = (
+                manual
+                + field.drift_loss(
+                    jnp.swapaxes(x, 1, 2).reshape(g * t, n, d),
+                    jnp.swapaxes(pos[name], 1, 2).reshape(g * t, n_pos, d),
+                    None,
+                    opts,
+                    weights_pos=jnp.repeat(w_pos, t, axis=0),
+                )[0]
+            )
         return loss, (metrics, manual)
 
-    (loss, (metrics, manual)), (grad_x, grad_p) = jax.jit(jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True))(gen, params)
+    (loss, (metrics, manual)), (grad_x, grad_p) = jax.jit(
+        jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+    )(gen, params)
     assert sorted(pos) == ['block0/locations', 'block1/locations', 'raw']
     assert np.isfinite(float(loss))
     np.testing.assert_allclose(float(loss), float(manual), rtol=1e-6)
     np.testing.assert_allclose(float(metrics['loss']), float(loss))
-    np.testing.assert_allclose(sum(float(metrics[f'{k}/loss']) for k in pos), float(loss),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        sum(float(metrics[f'{k}/loss']) for k in pos), float(loss), rtol=1e-6
+    )
     # Gradients reach the generated images through the frozen encoder...
     grad_x = np.asarray(grad_x)
     assert np.all(np.isfinite(grad_x)) and np.abs(grad_x).max() > 0
@@ -251,24 +280,30 @@ def test_mae_patch_grid_count():
     np.testing.assert_array_equal(np.asarray(mask).sum((1, 2, 3)), 37 * 16)
 
 
-@pytest.mark.parametrize('shape, groups', [((4, 6, 5, 16), 8), ((3, 7, 7, 12), 4),
-                                           ((2, 3, 3, 8), 1)])
+@pytest.mark.parametrize(
+    'shape, groups', [((4, 6, 5, 16), 8), ((3, 7, 7, 12), 4), ((2, 3, 3, 8), 1)]
+)
 def test_group_norm_equals_flax_group_norm(shape, groups):
     """Same parameters, same outputs and input gradients as flax.linen.GroupNorm."""
     import flax.linen as nn
+
     x = 3.0 + 2.0 * jax.random.normal(jax.random.PRNGKey(0), shape)
     ours, ref = layers.GroupNorm(num_groups=groups), nn.GroupNorm(num_groups=groups)
     params = ref.init(jax.random.PRNGKey(1), x)
-    assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == \
-        jax.tree.map(jnp.shape, params)
-    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
-                          params)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(
+        jnp.shape, params
+    )
+    params = jax.tree.map(
+        lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params
+    )
     # One jitted function per module (op-by-op eager mode compiles every primitive).
     both = jax.jit(lambda m_params, v: (ours.apply(m_params, v), ref.apply(m_params, v)))
     out_ours, out_ref = both(params, x)
     np.testing.assert_allclose(out_ours, out_ref, rtol=1e-5, atol=1e-5)
+
     def grad_of(module):
         return jax.jit(jax.grad(lambda v: jnp.sum(jnp.sin(module.apply(params, v)))))(x)
+
     np.testing.assert_allclose(grad_of(ours), grad_of(ref), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match='do not split'):
         layers.GroupNorm(num_groups=5).init(jax.random.PRNGKey(0), x)

@@ -25,15 +25,24 @@ def digits() -> dict[str, np.ndarray]:
     y = d.target.astype(np.int32)
     perm = np.random.default_rng(0).permutation(len(x))
     tr, te, fr = perm[:1000], perm[1000:1400], perm[1400:]
-    return dict(x_train=x[tr], y_train=y[tr], x_test=x[te], y_test=y[te],
-                x_fresh=x[fr], y_fresh=y[fr])
+    return dict(
+        x_train=x[tr], y_train=y[tr], x_test=x[te], y_test=y[te], x_fresh=x[fr], y_fresh=y[fr]
+    )
 
 
 @pytest.fixture(scope='module')
 def evaluator_and_cache(digits, tmp_path_factory) -> tuple[ie.ImageEvaluator, str]:
     cache = str(tmp_path_factory.mktemp('classifier_cache'))
-    ev = ie.ImageEvaluator(digits['x_train'], digits['y_train'], digits['x_test'],
-                           digits['y_test'], 10, seed=0, steps=STEPS, cache_dir=cache)
+    ev = ie.ImageEvaluator(
+        digits['x_train'],
+        digits['y_train'],
+        digits['x_test'],
+        digits['y_test'],
+        10,
+        seed=0,
+        steps=STEPS,
+        cache_dir=cache,
+    )
     return ev, cache
 
 
@@ -48,9 +57,9 @@ def test_classifiers_reach_high_accuracy(evaluator_and_cache, digits):
     net = ev.feature_classifier
     x, y = digits['x_test'], digits['y_test']
     assert net.logits(x[:5]).shape == (5, 10)
-    tiled = np.concatenate([x, x, x])                      # 1200 = 1024 + a padded tail
+    tiled = np.concatenate([x, x, x])  # 1200 = 1024 + a padded tail
     np.testing.assert_allclose(net.features(tiled)[800:], net.features(x), rtol=1e-5, atol=1e-5)
-    assert net.features(x[:3, ..., 0]).shape == (3, 128)   # [N, H, W] gets a channel
+    assert net.features(x[:3, ..., 0]).shape == (3, 128)  # [N, H, W] gets a channel
     assert ie.class_accuracy(net, x, y) == pytest.approx(ev.test_accuracy['feature'])
     per_class = ie.per_class_accuracy(net, x, y)
     assert per_class.shape == (10,)
@@ -71,14 +80,30 @@ def test_evaluator_cache_skips_training(evaluator_and_cache, digits, monkeypatch
         raise AssertionError('classifier retrained despite the cache')
 
     monkeypatch.setattr(ie, 'train_classifier', fail)
-    ev2 = ie.ImageEvaluator(digits['x_train'], digits['y_train'], digits['x_test'],
-                            digits['y_test'], 10, seed=0, steps=STEPS, cache_dir=cache)
+    ev2 = ie.ImageEvaluator(
+        digits['x_train'],
+        digits['y_train'],
+        digits['x_test'],
+        digits['y_test'],
+        10,
+        seed=0,
+        steps=STEPS,
+        cache_dir=cache,
+    )
     assert ev2.fd_floor == pytest.approx(ev.fd_floor, rel=1e-5)
     assert ev2.test_accuracy == pytest.approx(ev.test_accuracy)
     np.testing.assert_allclose(ev2.test_features, ev.test_features, rtol=1e-5, atol=1e-5)
-    with pytest.raises(AssertionError, match='retrained'):   # other settings miss the cache
-        ie.ImageEvaluator(digits['x_train'], digits['y_train'], digits['x_test'],
-                          digits['y_test'], 10, seed=0, steps=STEPS + 1, cache_dir=cache)
+    with pytest.raises(AssertionError, match='retrained'):  # other settings miss the cache
+        ie.ImageEvaluator(
+            digits['x_train'],
+            digits['y_train'],
+            digits['x_test'],
+            digits['y_test'],
+            10,
+            seed=0,
+            steps=STEPS + 1,
+            cache_dir=cache,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,24 +117,27 @@ def test_frechet_matches_closed_form(method):
     mu_a, mu_b = rng.normal(size=f), rng.normal(size=f)
     var_a, var_b = rng.uniform(0.1, 3.0, f), rng.uniform(0.1, 3.0, f)
     closed = np.sum((mu_a - mu_b) ** 2) + np.sum((np.sqrt(var_a) - np.sqrt(var_b)) ** 2)
-    got = ie.frechet_distance_from_moments(mu_a, np.diag(var_a), mu_b, np.diag(var_b),
-                                           method=method)
+    got = ie.frechet_distance_from_moments(
+        mu_a, np.diag(var_a), mu_b, np.diag(var_b), method=method
+    )
     assert got == pytest.approx(closed, rel=1e-9)
     # Same spectra in a shared rotated basis: the closed form still holds.
     q, _ = np.linalg.qr(rng.normal(size=(f, f)))
-    got_rot = ie.frechet_distance_from_moments(mu_a, q @ np.diag(var_a) @ q.T, mu_b,
-                                               q @ np.diag(var_b) @ q.T, method=method)
+    got_rot = ie.frechet_distance_from_moments(
+        mu_a, q @ np.diag(var_a) @ q.T, mu_b, q @ np.diag(var_b) @ q.T, method=method
+    )
     assert got_rot == pytest.approx(closed, rel=1e-8)
 
 
 def test_frechet_general_covariances():
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=(5, 5)), rng.normal(size=(5, 5))
-    s_a, s_b = a @ a.T, b @ b.T                      # do not commute
+    s_a, s_b = a @ a.T, b @ b.T  # do not commute
     mu = np.zeros(5)
     eig = ie.frechet_distance_from_moments(mu, s_a, mu, s_b)
-    assert eig == pytest.approx(ie.frechet_distance_from_moments(mu, s_a, mu, s_b,
-                                                                  method='sqrtm'), rel=1e-8)
+    assert eig == pytest.approx(
+        ie.frechet_distance_from_moments(mu, s_a, mu, s_b, method='sqrtm'), rel=1e-8
+    )
     assert eig > 0.1
     # 1-D: (m1 - m2)^2 + (s1 - s2)^2.
     assert ie.frechet_distance_from_moments([1.0], [[4.0]], [3.0], [[1.0]]) == pytest.approx(5.0)
@@ -179,7 +207,7 @@ def test_precision_recall_chunking_and_brute_force(monkeypatch):
 
     expected = (brute(real, fake), brute(fake, real))
     assert ie.precision_recall(real, fake, k=k) == pytest.approx(expected)
-    monkeypatch.setattr(ie, '_CHUNK_ENTRIES', 1000)     # a few rows per chunk
+    monkeypatch.setattr(ie, '_CHUNK_ENTRIES', 1000)  # a few rows per chunk
     assert ie.precision_recall(real, fake, k=k) == pytest.approx(expected)
     assert 0.2 < expected[0] < 0.99 and 0.2 < expected[1] < 0.99
 
@@ -191,7 +219,7 @@ def test_precision_recall_chunking_and_brute_force(monkeypatch):
 def test_within_class_spread():
     x = np.zeros((6, 2, 2, 1))
     x[3:5] = 1.0
-    x[5] = -1.0                                   # class 1: values 1, 1, -1
+    x[5] = -1.0  # class 1: values 1, 1, -1
     y = np.array([0, 0, 0, 1, 1, 1])
     std1 = np.std([1.0, 1.0, -1.0])
     assert ie.within_class_spread(x, y) == pytest.approx(0.5 * (0.0 + std1))
@@ -204,8 +232,15 @@ def test_evaluator_on_real_images(evaluator_and_cache, digits):
     start = time.perf_counter()
     m = ev(digits['x_fresh'], digits['y_fresh'])
     elapsed = time.perf_counter() - start
-    assert set(m) == {'fd', 'fd_floor', 'fd_ratio', 'precision', 'recall', 'class_accuracy',
-                      'spread_ratio'}
+    assert set(m) == {
+        'fd',
+        'fd_floor',
+        'fd_ratio',
+        'precision',
+        'recall',
+        'class_accuracy',
+        'spread_ratio',
+    }
     assert m['fd_floor'] > 0 and m['fd_ratio'] == pytest.approx(m['fd'] / m['fd_floor'])
     assert 0.2 < m['fd_ratio'] < 3.0
     assert m['class_accuracy'] > 0.9

@@ -77,10 +77,12 @@ def test_generator_shapes_and_conditioning(name, image_shape):
     assert 1_000 < n_params < 1_000_000
     # Changing only the label (incl. the null class) or only alpha changes every sample;
     # changing the noise changes the samples too.
-    for other in (apply(params, noise, (labels + 1) % NUM_CLASSES, alpha),
-                  apply(params, noise, jnp.full_like(labels, NUM_CLASSES), alpha),
-                  apply(params, noise, labels, alpha + 0.5),
-                  apply(params, -noise, labels, alpha)):
+    for other in (
+        apply(params, noise, (labels + 1) % NUM_CLASSES, alpha),
+        apply(params, noise, jnp.full_like(labels, NUM_CLASSES), alpha),
+        apply(params, noise, labels, alpha + 0.5),
+        apply(params, -noise, labels, alpha),
+    ):
         diff = jnp.abs(other - out).reshape(3, -1).max(axis=1)
         assert bool(jnp.all(diff > 1e-4)), diff
 
@@ -138,17 +140,20 @@ def test_dit_patch_tokens_are_row_major_patches():
     assert diff[:4, 4:].all() and not diff[:4, :4].any() and not diff[4:].any()
 
 
-@pytest.mark.parametrize('name,kw,match', [
-    ('gan', {}, 'unknown'),
-    ('conv', {'base_channels': 0}, 'base_channels'),
-    ('conv', {'noise_dim': 2.5}, 'noise_dim'),
-    ('dit', {'patch_size': 3}, 'patch_size'),
-    ('dit', {'hidden': 10, 'heads': 4}, 'heads'),
-    ('dit', {'num_style_tokens': -1}, 'num_style_tokens'),
-    ('dit', {'depth': 0}, 'depth'),
-    ('mlp', {'hidden': 0}, 'hidden'),
-    ('mlp', {'depth': -1}, 'depth'),
-])
+@pytest.mark.parametrize(
+    'name,kw,match',
+    [
+        ('gan', {}, 'unknown'),
+        ('conv', {'base_channels': 0}, 'base_channels'),
+        ('conv', {'noise_dim': 2.5}, 'noise_dim'),
+        ('dit', {'patch_size': 3}, 'patch_size'),
+        ('dit', {'hidden': 10, 'heads': 4}, 'heads'),
+        ('dit', {'num_style_tokens': -1}, 'num_style_tokens'),
+        ('dit', {'depth': 0}, 'depth'),
+        ('mlp', {'hidden': 0}, 'hidden'),
+        ('mlp', {'depth': -1}, 'depth'),
+    ],
+)
 def test_bad_config_errors(name, kw, match):
     config = _config('conv' if name == 'gan' else name, **kw)
     config.name = name

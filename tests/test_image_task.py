@@ -71,16 +71,40 @@ def test_image_run_writes_metrics_grid_and_bank(image_run):
 def test_sample_cli_images_with_labels_and_alpha(image_run, tmp_path):
     workdir, _ = image_run
     out = str(tmp_path / 'g.npy')
-    proc = subprocess.run([sys.executable, '-m', 'drift_jax.sample', f'--workdir={workdir}',
-                           '--num=6', '--labels=3,7', '--alpha=2', f'--out={out}'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'drift_jax.sample',
+            f'--workdir={workdir}',
+            '--num=6',
+            '--labels=3,7',
+            '--alpha=2',
+            f'--out={out}',
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     x = np.load(out)
     assert x.shape == (6, 8, 8, 1) and x.min() >= 0 and x.max() <= 1
     png = str(tmp_path / 'g.png')
-    proc = subprocess.run([sys.executable, '-m', 'drift_jax.sample', f'--workdir={workdir}',
-                           '--num=4', f'--out={png}'], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'drift_jax.sample',
+            f'--workdir={workdir}',
+            '--num=4',
+            f'--out={png}',
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and os.path.getsize(png) > 0
 
 
@@ -88,6 +112,7 @@ def test_sampling_rejects_bad_labels_and_alpha(image_run):
     workdir, _ = image_run
     run, state, _ = train.load_run(workdir)
     import jax
+
     with pytest.raises(ValueError, match=r'\[10, 12\] are outside the 10 classes'):
         train.sample(run, state.ema_params, jax.random.PRNGKey(0), 4, labels=[1, 10, 12])
     with pytest.raises(ValueError, match='alpha must be >= 1'):
@@ -100,14 +125,20 @@ def test_missing_dataset_fails_at_once_with_instructions(data_dir, tmp_path):
         train.validate_config(config)
 
 
-@pytest.mark.parametrize('overrides, error, message', [
-    ({'guidance.alpha_max': 0.5}, ValueError, 'alpha_max must be >= 1'),
-    ({'train.batch_size': 20}, ValueError, 'must equal classes_per_step'),
-    ({'model.name': 'unet'}, ValueError, "'unet' is unknown"),
-    ({'encoder.name': 'mae'}, ValueError, 'needs encoder.workdir'),
-    ({'encoder.name': 'mae', 'encoder.workdir': '/nonexistent'}, FileNotFoundError,
-     'train the encoder first'),
-])
+@pytest.mark.parametrize(
+    'overrides, error, message',
+    [
+        ({'guidance.alpha_max': 0.5}, ValueError, 'alpha_max must be >= 1'),
+        ({'train.batch_size': 20}, ValueError, 'must equal classes_per_step'),
+        ({'model.name': 'unet'}, ValueError, "'unet' is unknown"),
+        ({'encoder.name': 'mae'}, ValueError, 'needs encoder.workdir'),
+        (
+            {'encoder.name': 'mae', 'encoder.workdir': '/nonexistent'},
+            FileNotFoundError,
+            'train the encoder first',
+        ),
+    ],
+)
 def test_bad_image_config(data_dir, overrides, error, message):
     config = tiny_image_config(data_dir, **overrides)
     with pytest.raises(error, match=message):
@@ -115,9 +146,9 @@ def test_bad_image_config(data_dir, overrides, error, message):
 
 
 def test_encoder_workdir_of_wrong_kind_is_rejected(data_dir, image_run):
-    workdir, _ = image_run          # a generator run, not an MAE run
+    workdir, _ = image_run  # a generator run, not an MAE run
     config = tiny_image_config(data_dir, **{'encoder.name': 'mae', 'encoder.workdir': workdir})
-    with pytest.raises(ValueError, match="expected an MAE run"):
+    with pytest.raises(ValueError, match='expected an MAE run'):
         train.make_run(config)
 
 
@@ -140,11 +171,19 @@ def mae_dir(data_dir, tmp_path_factory):
 def test_mae_then_feature_space_generator(data_dir, mae_dir, tmp_path):
     """The MAE front door trains an encoder; a generator config loads it frozen, and its bank
     (feature sets of real images, encoded at push) is checkpointed."""
-    config = tiny_image_config(data_dir, **{'encoder.name': 'mae', 'encoder.workdir': mae_dir,
-                                            'train.steps': 2, 'eval.every': 2,
-                                            'model.name': 'mlp', 'model.hidden': 32,
-                                            'model.depth': 1,   # 3 sets: a quicker compile
-                                            'encoder.feature_sets': ('locations', 'raw')})
+    config = tiny_image_config(
+        data_dir,
+        **{
+            'encoder.name': 'mae',
+            'encoder.workdir': mae_dir,
+            'train.steps': 2,
+            'eval.every': 2,
+            'model.name': 'mlp',
+            'model.hidden': 32,
+            'model.depth': 1,  # 3 sets: a quicker compile
+            'encoder.feature_sets': ('locations', 'raw'),
+        },
+    )
     result = train.train_and_evaluate(config, str(tmp_path / 'gen'))
     assert np.isfinite(result['fd']) and result['step'] == 2
     _, state, _ = train.load_run(str(tmp_path / 'gen'))
@@ -158,34 +197,52 @@ def test_feature_bank_gives_the_loss_of_the_image_bank(data_dir, mae_dir):
     import copy
 
     import jax
-    config = tiny_image_config(data_dir, **{
-        'encoder.name': 'mae', 'encoder.workdir': mae_dir, 'model.name': 'mlp',
-        'model.hidden': 32, 'model.depth': 1, 'encoder.feature_sets': ('locations',)})
+
+    config = tiny_image_config(
+        data_dir,
+        **{
+            'encoder.name': 'mae',
+            'encoder.workdir': mae_dir,
+            'model.name': 'mlp',
+            'model.hidden': 32,
+            'model.depth': 1,
+            'encoder.feature_sets': ('locations',),
+        },
+    )
     run = train.make_run(config)
     feat_method = run.method
-    img_method = copy.copy(feat_method)     # the same method with a bank of images
+    img_method = copy.copy(feat_method)  # the same method with a bank of images
     img_method.bank_features = False
     state = train.create_train_state(run, 0)
     methods_ = (feat_method, img_method)
-    states = [m.warm_start(state.replace(extra=m.init(jax.random.PRNGKey(0))[1]))
-              for m in methods_]
+    states = [m.warm_start(state.replace(extra=m.init(jax.random.PRNGKey(0))[1])) for m in methods_]
     feat_state, img_state = states
     assert feat_method.bank_features and isinstance(feat_state.extra.images, dict)
     images = img_state.extra.images
     encoded = jax.jit(img_method.encoder.features)(images.reshape(-1, *images.shape[2:]))
     for name, value in encoded.items():
-        np.testing.assert_allclose(np.asarray(feat_state.extra.images[name]).reshape(
-            value.shape), value, rtol=1e-5, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(
+            np.asarray(feat_state.extra.images[name]).reshape(value.shape),
+            value,
+            rtol=1e-5,
+            atol=1e-5,
+            err_msg=name,
+        )
     key, batch = jax.random.PRNGKey(3), run.task.host_batch(1, img_method.host_batch_size)
-    outs = [jax.jit(jax.value_and_grad(m.updates()[0].loss, has_aux=True))(
-        state.params, state.extra, key, batch) for m, state in zip(methods_, states, strict=True)]
+    outs = [
+        jax.jit(jax.value_and_grad(m.updates()[0].loss, has_aux=True))(
+            state.params, state.extra, key, batch
+        )
+        for m, state in zip(methods_, states, strict=True)
+    ]
     (loss_f, _), grad_f = outs[0]
     (loss_i, _), grad_i = outs[1]
     assert float(loss_f) > 0
     np.testing.assert_allclose(loss_f, loss_i, rtol=1e-5)
     # As one vector: some leaves (biases ahead of a normalisation) have a zero gradient up
     # to float noise, so leaf-wise relative checks would compare noise.
-    flat_f, flat_i = (np.concatenate([np.ravel(a) for a in jax.tree.leaves(g)])
-                      for g in (grad_f, grad_i))
+    flat_f, flat_i = (
+        np.concatenate([np.ravel(a) for a in jax.tree.leaves(g)]) for g in (grad_f, grad_i)
+    )
     assert np.linalg.norm(flat_i) > 0
     assert np.linalg.norm(flat_f - flat_i) <= 1e-4 * np.linalg.norm(flat_i)

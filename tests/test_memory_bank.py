@@ -117,7 +117,7 @@ def test_sampling_returns_valid_entries_of_the_class():
         if ref.count[label] == 0:
             np.testing.assert_array_equal(out[g], 0.0)
             continue
-        valid = ref.images[label, :ref.count[label]].reshape(ref.count[label], -1)
+        valid = ref.images[label, : ref.count[label]].reshape(ref.count[label], -1)
         flat = out[g].reshape(50, -1)
         # Every sample is one of the valid stored entries of its class (class = floor).
         np.testing.assert_array_equal(np.floor(flat), label)
@@ -126,7 +126,7 @@ def test_sampling_returns_valid_entries_of_the_class():
         if ref.count[label] > 1:  # With 50 draws, more than one entry shows up.
             assert hits.any(0).sum() > 1
     un = np.asarray(sample_uncond(bank, jax.random.key(2), 40)).reshape(40, -1)
-    stored = ref.uncond[:ref.uncond_count].reshape(ref.uncond_count, -1)
+    stored = ref.uncond[: ref.uncond_count].reshape(ref.uncond_count, -1)
     assert (un[:, None, :] == stored[None]).all(-1).any(1).all()
 
 
@@ -171,8 +171,9 @@ def test_power_law_alpha_range_and_cdf():
 
 def test_cfg_negative_weight():
     alpha = jnp.array([1.0, 2.0, 3.5])
-    np.testing.assert_allclose(guidance.cfg_negative_weight(alpha, 16, 32),
-                               (np.array([1.0, 2.0, 3.5]) - 1) * 15 / 32)
+    np.testing.assert_allclose(
+        guidance.cfg_negative_weight(alpha, 16, 32), (np.array([1.0, 2.0, 3.5]) - 1) * 15 / 32
+    )
     assert guidance.cfg_negative_weight(1.0, 8, 4) == 0.0
     with pytest.raises(ValueError, match='n_uncond'):
         guidance.cfg_negative_weight(2.0, 8, 0)
@@ -202,10 +203,14 @@ def test_dict_samples_follow_the_same_slots_as_array_samples():
     with pytest.raises(ValueError, match='bank holds'):
         mb.push(tree_bank, {'a': jnp.zeros((2, *SHAPE))}, jnp.zeros(2, jnp.int32))
     with pytest.raises(ValueError, match='bank holds'):
-        mb.push(tree_bank, {'a': jnp.zeros((2, 3, 3)), 'b': jnp.zeros((2, 4))},
-                jnp.zeros(2, jnp.int32))
+        mb.push(
+            tree_bank, {'a': jnp.zeros((2, 3, 3)), 'b': jnp.zeros((2, 4))}, jnp.zeros(2, jnp.int32)
+        )
     with pytest.raises(ValueError, match=r'labels \[3\] differ in batch size'):
-        mb.push(tree_bank, {'a': jnp.zeros((2, *SHAPE)), 'b': jnp.zeros((2, 4))},
-                jnp.zeros(3, jnp.int32))
+        mb.push(
+            tree_bank,
+            {'a': jnp.zeros((2, *SHAPE)), 'b': jnp.zeros((2, 4))},
+            jnp.zeros(3, jnp.int32),
+        )
     with pytest.raises(ValueError, match='shape must be'):
         mb.init_bank(3, 4, 6, {'a': 5})

@@ -38,6 +38,7 @@ def _ref_energy(x: np.ndarray, y: np.ndarray, unbiased: bool) -> float:
 
 def _ref_mmd(x: np.ndarray, y: np.ndarray, bandwidths: tuple[float, ...]) -> float:
     """Unbiased MMD^2 with a sum of Gaussian kernels."""
+
     def k(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         d2 = _dists(a, b) ** 2
         return sum(np.exp(-d2 / (2.0 * h * h)) for h in bandwidths)
@@ -55,17 +56,17 @@ def _sample(rng: np.random.Generator, n: int, d: int, shift: float = 0.0) -> np.
 
 
 @pytest.mark.parametrize(
-    "n,m,d,method",
+    'n,m,d,method',
     [
-        (300, 400, 2, "auto"),
-        (257, 129, 3, "auto"),
-        (200, 200, 16, "auto"),
-        (150, 220, 40, "auto"),
-        (300, 250, 2, "gram"),
-        (120, 90, 5, "direct"),
+        (300, 400, 2, 'auto'),
+        (257, 129, 3, 'auto'),
+        (200, 200, 16, 'auto'),
+        (150, 220, 40, 'auto'),
+        (300, 250, 2, 'gram'),
+        (120, 90, 5, 'direct'),
     ],
 )
-@pytest.mark.parametrize("unbiased", [True, False])
+@pytest.mark.parametrize('unbiased', [True, False])
 def test_energy_matches_float64_reference(n, m, d, method, unbiased):
     rng = np.random.default_rng(n + m + d)
     x = _sample(rng, n, d, shift=0.0) * 1.5 + 4.0
@@ -92,7 +93,7 @@ def test_energy_chunked_and_unchunked_agree():
     y = _sample(rng, 301, 4, shift=0.5)
     full = energy_distance(x, y, chunk_size=10_000)  # one chunk holds every row
     assert energy_distance(x, y, chunk_size=1) == pytest.approx(full, rel=1e-5)
-    assert energy_distance(x, y, method="gram", chunk_size=13) == pytest.approx(full, rel=1e-4)
+    assert energy_distance(x, y, method='gram', chunk_size=13) == pytest.approx(full, rel=1e-4)
 
 
 def test_energy_symmetric():
@@ -128,11 +129,11 @@ def test_energy_report_keys_and_ratio():
     fa, fb = _sample(rng, 500, 2), _sample(rng, 500, 2)
     good = energy_report(_sample(rng, 500, 2), ref, fa, fb)
     bad = energy_report(_sample(rng, 500, 2, shift=1.0), ref, fa, fb)
-    assert set(good) == {"energy_distance", "energy_floor", "energy_ratio"}
-    assert good["energy_floor"] > 0  # V-statistics by default: strictly positive floor.
-    assert good["energy_ratio"] == pytest.approx(good["energy_distance"] / good["energy_floor"])
-    assert bad["energy_ratio"] > 10 * good["energy_ratio"]
-    assert 0.2 < good["energy_ratio"] < 5.0
+    assert set(good) == {'energy_distance', 'energy_floor', 'energy_ratio'}
+    assert good['energy_floor'] > 0  # V-statistics by default: strictly positive floor.
+    assert good['energy_ratio'] == pytest.approx(good['energy_distance'] / good['energy_floor'])
+    assert bad['energy_ratio'] > 10 * good['energy_ratio']
+    assert 0.2 < good['energy_ratio'] < 5.0
 
 
 def test_energy_rejects_bad_input():
@@ -144,7 +145,7 @@ def test_energy_rejects_bad_input():
         energy_distance(np.zeros(5), np.zeros(5))
 
 
-@pytest.mark.parametrize("n,m,d", [(200, 300, 2), (150, 100, 20)])
+@pytest.mark.parametrize('n,m,d', [(200, 300, 2), (150, 100, 20)])
 def test_mmd_matches_float64_reference(n, m, d):
     rng = np.random.default_rng(10 + d)
     x = _sample(rng, n, d)
@@ -214,7 +215,7 @@ def test_mean_pairwise_distance_matches_brute_force():
     d = _dists(x, x)
     expected = d.sum() / (150 * 149)
     assert mean_pairwise_distance(x) == pytest.approx(expected, rel=1e-5)
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(ValueError, match='at least 2'):
         mean_pairwise_distance(x[:1])
 
 
@@ -233,5 +234,5 @@ def test_expected_energy_floor_is_the_mean_of_many_draws():
     sem = values.std() / np.sqrt(len(values))
     assert abs(values.mean() - expected) < 3 * sem, (values.mean(), expected, sem)
     assert abs(values.mean() - 2 * expected * m / (n + m)) > 5 * sem
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match='positive'):
         expected_energy_floor(draw(10), 0, 5)

@@ -24,9 +24,15 @@ from drift_jax import train, writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL = os.path.join(ROOT, 'launch', 'local_multiprocess.sh')
-TINY = ['--config.model.width=32', '--config.model.noise_dim=8', '--config.train.batch_size=64',
-        '--config.train.num_pos=64', '--config.eval.num_samples=100',
-        '--config.train.log_every=1', '--config.eval.every=10']
+TINY = [
+    '--config.model.width=32',
+    '--config.model.noise_dim=8',
+    '--config.train.batch_size=64',
+    '--config.train.num_pos=64',
+    '--config.eval.num_samples=100',
+    '--config.train.log_every=1',
+    '--config.eval.every=10',
+]
 
 
 def _env(devices: int) -> dict[str, str]:
@@ -38,8 +44,16 @@ def _env(devices: int) -> dict[str, str]:
 
 
 def _main_cmd(workdir: str, steps: int, *extra: str) -> list[str]:
-    return [sys.executable, '-m', 'drift_jax.main', '--config=configs/spiral.py',
-            f'--workdir={workdir}', f'--config.train.steps={steps}', *TINY, *extra]
+    return [
+        sys.executable,
+        '-m',
+        'drift_jax.main',
+        '--config=configs/spiral.py',
+        f'--workdir={workdir}',
+        f'--config.train.steps={steps}',
+        *TINY,
+        *extra,
+    ]
 
 
 def _losses(workdir: str) -> dict[int, float]:
@@ -47,15 +61,21 @@ def _losses(workdir: str) -> dict[int, float]:
 
 
 def _final_params(workdir: str) -> list[np.ndarray]:
-    _, state, step = train.load_run(workdir)       # restored into this 1-device process
+    _, state, step = train.load_run(workdir)  # restored into this 1-device process
     return step, [np.asarray(x) for x in jax.tree.leaves(state.params)]
 
 
 @pytest.fixture(scope='module')
 def one_process_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp('mh') / 'one')
-    out = subprocess.run(_main_cmd(workdir, 20, '--config.train.checkpoint_every=10'),
-                         cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        _main_cmd(workdir, 20, '--config.train.checkpoint_every=10'),
+        cwd=ROOT,
+        env=_env(4),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return workdir
 
@@ -63,15 +83,24 @@ def one_process_run(tmp_path_factory):
 @pytest.mark.slow
 def test_two_processes_equal_one_process(one_process_run, tmp_path):
     workdir = str(tmp_path / 'two')
-    cmd = ['bash', LOCAL, '2', '--devices_per_process', '2', '--timeout', '300', '--',
-           *_main_cmd(workdir, 20, '--config.train.checkpoint_every=10')]
-    out = subprocess.run(cmd, cwd=ROOT, env=_env(2), capture_output=True, text=True,
-                         timeout=330)
+    cmd = [
+        'bash',
+        LOCAL,
+        '2',
+        '--devices_per_process',
+        '2',
+        '--timeout',
+        '300',
+        '--',
+        *_main_cmd(workdir, 20, '--config.train.checkpoint_every=10'),
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(2), capture_output=True, text=True, timeout=330)
     assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
     one, two = _losses(one_process_run), _losses(workdir)
     assert sorted(one) == sorted(two) == list(range(1, 21))
-    np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)],
-                               rtol=1e-5, atol=0)
+    np.testing.assert_allclose(
+        [two[s] for s in sorted(two)], [one[s] for s in sorted(one)], rtol=1e-5, atol=0
+    )
     # A checkpoint written by 2 processes restores in this single process (re-sharded).
     s1, p1 = _final_params(one_process_run)
     s2, p2 = _final_params(workdir)
@@ -84,10 +113,18 @@ def test_two_processes_equal_one_process(one_process_run, tmp_path):
 def test_one_process_checkpoint_continues_in_two_processes(one_process_run, tmp_path):
     workdir = str(tmp_path / 'grow')
     shutil.copytree(one_process_run, workdir)
-    cmd = ['bash', LOCAL, '2', '--devices_per_process', '2', '--timeout', '300', '--',
-           *_main_cmd(workdir, 24, '--config.train.checkpoint_every=10')]
-    out = subprocess.run(cmd, cwd=ROOT, env=_env(2), capture_output=True, text=True,
-                         timeout=330)
+    cmd = [
+        'bash',
+        LOCAL,
+        '2',
+        '--devices_per_process',
+        '2',
+        '--timeout',
+        '300',
+        '--',
+        *_main_cmd(workdir, 24, '--config.train.checkpoint_every=10'),
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(2), capture_output=True, text=True, timeout=330)
     assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
     assert 'resumed from step 20' in out.stdout
     losses = _losses(workdir)
@@ -113,8 +150,9 @@ def _wait_for_step(workdir: str, proc: subprocess.Popen, step: int, within: floa
 def test_sigterm_checkpoints_exits_zero_and_resume_is_exact(one_process_run, tmp_path):
     workdir = str(tmp_path / 'term')
     cmd = _main_cmd(workdir, 20, '--config.train.checkpoint_every=1000')
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(4), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         _wait_for_step(workdir, proc, 3)
         proc.send_signal(signal.SIGTERM)
@@ -127,9 +165,8 @@ def test_sigterm_checkpoints_exits_zero_and_resume_is_exact(one_process_run, tmp
             proc.kill()
     assert 'SIGTERM: saved a checkpoint' in err, (out, err[-3000:], os.listdir(workdir))
     _, _, saved = train.load_run(workdir)
-    assert 3 <= saved < 20                      # a checkpoint at the step it was stopped
-    out = subprocess.run(cmd, cwd=ROOT, env=_env(4), capture_output=True, text=True,
-                         timeout=300)
+    assert 3 <= saved < 20  # a checkpoint at the step it was stopped
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f'resumed from step {saved}' in out.stdout
     s1, p1 = _final_params(one_process_run)
@@ -145,17 +182,17 @@ def test_repeated_sigkill_always_resumes(one_process_run, tmp_path):
     cmd = _main_cmd(workdir, 20, '--config.train.checkpoint_every=2')
     rng = random.Random(0)
     for _ in range(3):
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(4), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=_env(4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         try:
             _wait_for_step(workdir, proc, 1, within=120) if rng.random() < 0.7 else None
             time.sleep(rng.uniform(0.0, 1.5))
         except (AssertionError, TimeoutError):
-            pass                                  # finished before the kill: fine
+            pass  # finished before the kill: fine
         proc.kill()
         proc.wait(timeout=30)
-    out = subprocess.run(cmd, cwd=ROOT, env=_env(4), capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     s1, p1 = _final_params(one_process_run)
     s2, p2 = _final_params(workdir)

@@ -25,7 +25,7 @@ def venv_kernel(tmp_path, monkeypatch):
     from jupyter_client.kernelspec import KernelSpecManager
 
     write_kernel_spec(tmp_path / 'kernels' / 'python3')
-    monkeypatch.setenv('JUPYTER_PATH', str(tmp_path))   # searched before any other spec
+    monkeypatch.setenv('JUPYTER_PATH', str(tmp_path))  # searched before any other spec
     spec = KernelSpecManager().get_kernel_spec('python3')
     assert spec.argv[0] == sys.executable, spec.argv
     return 'python3'
@@ -45,9 +45,9 @@ def _with_parameters(nb, source: str):
 def _execute(nb, kernel_name: str) -> list:
     """Runs the notebook with the repo root as cwd; returns all outputs (no error outputs)."""
     client = nbclient.NotebookClient(
-        nb, kernel_name=kernel_name, timeout=240,
-        resources={'metadata': {'path': str(ROOT)}})     # cwd = repo root: configs/ resolve
-    client.execute()                                      # raises CellExecutionError on error
+        nb, kernel_name=kernel_name, timeout=240, resources={'metadata': {'path': str(ROOT)}}
+    )  # cwd = repo root: configs/ resolve
+    client.execute()  # raises CellExecutionError on error
     outputs = [o for c in nb.cells if c.cell_type == 'code' for o in c.outputs]
     assert not [o for o in outputs if o.output_type == 'error']
     return outputs
@@ -91,12 +91,15 @@ def test_toy_notebook_runs_and_draws(venv_kernel):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_mnist_notebook_runs_tiny_and_draws(venv_kernel, tmp_path):
-    tiny = (f"DATASET = 'digits'\nSTEPS = 6\nDATA_DIR = {str(tmp_path / 'tfds')!r}\n"
-            "ALPHAS = (1.0, 3.0)\nALPHA_MAX = 3.0\nMNIST_SOURCE = ''\nTINY = True\n")
-    outputs = _execute(_with_parameters(nbformat.read(MNIST_NOTEBOOK, as_version=4), tiny),
-                       venv_kernel)
+    tiny = (
+        f"DATASET = 'digits'\nSTEPS = 6\nDATA_DIR = {str(tmp_path / 'tfds')!r}\n"
+        "ALPHAS = (1.0, 3.0)\nALPHA_MAX = 3.0\nMNIST_SOURCE = ''\nTINY = True\n"
+    )
+    outputs = _execute(
+        _with_parameters(nbformat.read(MNIST_NOTEBOOK, as_version=4), tiny), venv_kernel
+    )
     # real digits, loss curve, class grid, one figure of alpha grids, accuracy/spread plot
     assert len(_images(outputs)) >= 5
     text = _text(outputs)
     assert 'class accuracy' in text and 'spread ratio' in text, text[-2000:]
-    assert '  3.00 |' in text, text[-2000:]                # a table row per alpha
+    assert '  3.00 |' in text, text[-2000:]  # a table row per alpha

@@ -27,33 +27,36 @@ def _cloud(n: int, d: int = 2, seed: int = 0) -> np.ndarray:
 
 def _png_size(path: str) -> tuple[int, int]:
     with Image.open(path) as im:
-        assert im.format == "PNG"
+        assert im.format == 'PNG'
         im.load()
         return im.size
 
 
 def test_plot_samples_2d(tmp_path):
-    out = plotting.plot_samples(str(tmp_path / "s.png"), _cloud(300) + 1, _cloud(500, seed=1),
-                                title="step 0")
-    assert out == str(tmp_path / "s.png")
+    out = plotting.plot_samples(
+        str(tmp_path / 's.png'), _cloud(300) + 1, _cloud(500, seed=1), title='step 0'
+    )
+    assert out == str(tmp_path / 's.png')
     assert _png_size(out) == (500, 500)
 
 
 def test_plot_samples_high_dim_and_limits(tmp_path):
     out = plotting.plot_samples(
-        str(tmp_path / "sub" / "hd.png"), _cloud(200, 5), _cloud(200, 5, seed=2),
+        str(tmp_path / 'sub' / 'hd.png'),
+        _cloud(200, 5),
+        _cloud(200, 5, seed=2),
         limits=(-3.0, 3.0),
     )
     _png_size(out)
     out2 = plotting.plot_samples(
-        str(tmp_path / "lim.png"), _cloud(50), _cloud(50), limits=((-1, 1), (-2, 2))
+        str(tmp_path / 'lim.png'), _cloud(50), _cloud(50), limits=((-1, 1), (-2, 2))
     )
     _png_size(out2)
 
 
 def test_plot_samples_rejects_1d(tmp_path):
     with pytest.raises(ValueError):
-        plotting.plot_samples(str(tmp_path / "bad.png"), np.zeros((10, 1)), np.zeros((10, 1)))
+        plotting.plot_samples(str(tmp_path / 'bad.png'), np.zeros((10, 1)), np.zeros((10, 1)))
 
 
 def test_drift_field_on_axes_subsamples():
@@ -70,36 +73,40 @@ def test_drift_field_on_axes_subsamples():
 
 def test_save_drift_field(tmp_path):
     x = _cloud(600)
-    out = plotting.save_drift_field(str(tmp_path / "f.png"), x, 0.1 * -x, _cloud(300, seed=4),
-                                    title="field")
+    out = plotting.save_drift_field(
+        str(tmp_path / 'f.png'), x, 0.1 * -x, _cloud(300, seed=4), title='field'
+    )
     assert _png_size(out) == (500, 500)
-    _png_size(plotting.save_drift_field(str(tmp_path / "g.png"), x, -x))
+    _png_size(plotting.save_drift_field(str(tmp_path / 'g.png'), x, -x))
 
 
 def test_make_gif(tmp_path):
     frames = []
     for i in range(4):
         shift = np.array([i * 0.5, 0.0], dtype=np.float32)
-        frames.append(plotting.plot_samples(str(tmp_path / f"f{i}.png"), _cloud(100) + shift,
-                                            _cloud(100, seed=5)))
+        frames.append(
+            plotting.plot_samples(
+                str(tmp_path / f'f{i}.png'), _cloud(100) + shift, _cloud(100, seed=5)
+            )
+        )
     # A frame of another size is resized to the first frame's size.
-    odd = tmp_path / "odd.png"
-    Image.new("RGB", (123, 77), (0, 128, 255)).save(odd)
+    odd = tmp_path / 'odd.png'
+    Image.new('RGB', (123, 77), (0, 128, 255)).save(odd)
     frames.append(str(odd))
-    out = plotting.make_gif(frames, str(tmp_path / "anim.gif"), duration_ms=100)
+    out = plotting.make_gif(frames, str(tmp_path / 'anim.gif'), duration_ms=100)
     with Image.open(out) as im:
-        assert im.format == "GIF"
+        assert im.format == 'GIF'
         assert im.n_frames == len(frames)
         assert im.size == _png_size(frames[0])
 
 
 def test_make_gif_empty_raises(tmp_path):
     with pytest.raises(ValueError):
-        plotting.make_gif([], str(tmp_path / "x.gif"))
+        plotting.make_gif([], str(tmp_path / 'x.gif'))
 
 
 @pytest.mark.parametrize(
-    "values,floor,log",
+    'values,floor,log',
     [
         (np.exp(-np.linspace(0, 5, 20)), 0.01, True),
         (np.linspace(-0.01, 1.0, 20), None, True),
@@ -108,13 +115,14 @@ def test_make_gif_empty_raises(tmp_path):
 )
 def test_plot_metric_curve(tmp_path, values, floor, log):
     steps = np.arange(len(values)) * 100
-    out = plotting.plot_metric_curve(str(tmp_path / "m.png"), steps, values, floor=floor,
-                                     ylabel="energy distance", log=log)
+    out = plotting.plot_metric_curve(
+        str(tmp_path / 'm.png'), steps, values, floor=floor, ylabel='energy distance', log=log
+    )
     assert _png_size(out) == (600, 400)
 
 
 @pytest.mark.parametrize(
-    "shape,nrow,expected_wh",
+    'shape,nrow,expected_wh',
     [
         ((10, 8, 6, 3), 4, (4 * 8 + 2, 3 * 10 + 2)),  # 4 per row -> 3 rows
         ((9, 5, 5), None, (3 * 7 + 2, 3 * 7 + 2)),  # grayscale, default 3 x 3
@@ -124,22 +132,22 @@ def test_plot_metric_curve(tmp_path, values, floor, log):
 )
 def test_image_grid_layout(tmp_path, shape, nrow, expected_wh):
     images = np.random.default_rng(0).uniform(size=shape)
-    out = plotting.image_grid(images, str(tmp_path / "grid.png"), nrow=nrow)
+    out = plotting.image_grid(images, str(tmp_path / 'grid.png'), nrow=nrow)
     assert _png_size(out) == expected_wh
 
 
 def test_image_grid_pixels(tmp_path):
     images = np.zeros((2, 3, 3, 3))
     images[1] = 1.0
-    out = plotting.image_grid(images, str(tmp_path / "px.png"), nrow=2, padding=0)
+    out = plotting.image_grid(images, str(tmp_path / 'px.png'), nrow=2, padding=0)
     with Image.open(out) as im:
-        arr = np.asarray(im.convert("RGB"))
+        arr = np.asarray(im.convert('RGB'))
     assert arr.shape == (3, 6, 3)
     assert arr[:, :3].max() == 0 and arr[:, 3:].min() == 255
 
 
 def test_image_grid_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError):
-        plotting.image_grid(np.zeros((0, 4, 4, 3)), str(tmp_path / "e.png"))
+        plotting.image_grid(np.zeros((0, 4, 4, 3)), str(tmp_path / 'e.png'))
     with pytest.raises(ValueError):
-        plotting.image_grid(np.zeros((2, 4, 4, 2)), str(tmp_path / "e.png"))
+        plotting.image_grid(np.zeros((2, 4, 4, 2)), str(tmp_path / 'e.png'))

@@ -78,7 +78,7 @@ def test_resume_after_crash_equals_straight_run(finished_run, tmp_path):
     step, resumed, _ = _params_leaves(crashed)
     assert step == 20
     for a, b in zip(straight, resumed, strict=True):
-        np.testing.assert_array_equal(a, b)      # bitwise: same keys, same ops, same order
+        np.testing.assert_array_equal(a, b)  # bitwise: same keys, same ops, same order
     # metrics.jsonl holds one history: the lines after step 10 were rewritten once.
     steps = [e['step'] for e in writers.read_metrics(crashed) if 'loss' in e]
     assert steps == [5, 10, 15, 20]
@@ -107,8 +107,14 @@ def test_damaged_newest_checkpoint_falls_back(finished_run, tmp_path):
 
 
 def test_divergence_stops_loudly_and_keeps_last_good_checkpoint(tmp_path):
-    config = tiny_config(**{'optim.learning_rate': 1e30, 'optim.grad_clip': 0.0,
-                            'optim.warmup_steps': 0, 'train.checkpoint_every': 1})
+    config = tiny_config(
+        **{
+            'optim.learning_rate': 1e30,
+            'optim.grad_clip': 0.0,
+            'optim.warmup_steps': 0,
+            'train.checkpoint_every': 1,
+        }
+    )
     workdir = str(tmp_path / 'nan')
     with pytest.raises(FloatingPointError, match=r'diverged at step (\d+)') as err:
         train.train_and_evaluate(config, workdir)
@@ -121,16 +127,19 @@ def test_divergence_stops_loudly_and_keeps_last_good_checkpoint(tmp_path):
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
 
 
-@pytest.mark.parametrize('overrides, message', [
-    ({'data.name': 'spirall'}, r"spirall.*spiral"),
-    ({'drift.temperatures': (0.05, -1.0)}, r'temperatures.*positive'),
-    ({'drift.kernel': 'cauchy'}, r"cauchy.*laplace"),
-    ({'optim.learning_rate': 0.0}, r'learning_rate.*positive'),
-    ({'train.batch_size': -4}, r'batch_size.*positive'),
-    ({'model.init': 'far'}, r"only defined for data.name='bimodal'"),
-    ({'mesh.data': 3}, r'does not match the \d+ available devices'),
-    ({'eval.draws': 0}, r'eval.draws must be a positive int'),
-])
+@pytest.mark.parametrize(
+    'overrides, message',
+    [
+        ({'data.name': 'spirall'}, r'spirall.*spiral'),
+        ({'drift.temperatures': (0.05, -1.0)}, r'temperatures.*positive'),
+        ({'drift.kernel': 'cauchy'}, r'cauchy.*laplace'),
+        ({'optim.learning_rate': 0.0}, r'learning_rate.*positive'),
+        ({'train.batch_size': -4}, r'batch_size.*positive'),
+        ({'model.init': 'far'}, r"only defined for data.name='bimodal'"),
+        ({'mesh.data': 3}, r'does not match the \d+ available devices'),
+        ({'eval.draws': 0}, r'eval.draws must be a positive int'),
+    ],
+)
 def test_bad_config_fails_before_anything_runs(tmp_path, overrides, message):
     workdir = str(tmp_path / 'never')
     with pytest.raises(ValueError, match=message):
@@ -151,18 +160,21 @@ def test_unknown_drift_option_is_named():
         train.validate_config(config)
 
 
-@pytest.mark.parametrize('content, message', [
-    (None, r'does not exist|No such file|not found'),
-    (np.zeros((50,)), None),
-    (np.full((50, 3), np.nan), r'NaN|nan|inf'),
-    (np.zeros((50, 2, 2)), r'shape'),
-])
+@pytest.mark.parametrize(
+    'content, message',
+    [
+        (None, r'does not exist|No such file|not found'),
+        (np.zeros((50,)), None),
+        (np.full((50, 3), np.nan), r'NaN|nan|inf'),
+        (np.zeros((50, 2, 2)), r'shape'),
+    ],
+)
 def test_bad_point_file(tmp_path, content, message):
     path = str(tmp_path / 'cloud.npy')
     if content is not None:
         np.save(path, content)
     config = tiny_config(**{'data.name': 'points', 'data.path': path})
-    if message is None:   # a 1-D file is read as [n, 1]: accepted
+    if message is None:  # a 1-D file is read as [n, 1]: accepted
         train.validate_config(config)
         return
     with pytest.raises((ValueError, FileNotFoundError), match=message):
@@ -194,8 +206,11 @@ def test_failing_save_names_the_step_and_keeps_earlier_checkpoints(tmp_path, mon
         return original(self, step, *args, **kwargs)
 
     monkeypatch.setattr(checkpointing.ocp.CheckpointManager, 'save', save)
-    with pytest.raises(OSError, match=r'checkpoint of step 20 .* No space left on device.*'
-                                      r'Earlier checkpoints are kept: \[10\]'):
+    with pytest.raises(
+        OSError,
+        match=r'checkpoint of step 20 .* No space left on device.*'
+        r'Earlier checkpoints are kept: \[10\]',
+    ):
         train.train_and_evaluate(tiny_config(), workdir)
     monkeypatch.undo()
     _, _, step = train.load_run(workdir)

@@ -20,7 +20,7 @@ from PIL import Image as PILImage
 
 # Sources (user files read into memory) live in `sources`; these names are re-exported.
 from drift_jax.data.sources import (  # noqa: F401
-    _CHANNEL_MODES,
+    CHANNEL_MODES,
     DEFAULT_TEST_FRACTION,
     IMAGE_EXTENSIONS,
     MODE_CHANNELS,
@@ -46,7 +46,7 @@ _NAME_RE = re.compile(r'^[a-z][a-z0-9_]*$')
 def encode_png(image: np.ndarray) -> bytes:
     """uint8 ``[H, W, C]`` (C in 1, 3, 4) -> PNG bytes, as ``tfds.features.Image`` stores them."""
     channels = image.shape[-1]
-    pil = PILImage.fromarray(image[..., 0] if channels == 1 else image, _CHANNEL_MODES[channels])
+    pil = PILImage.fromarray(image[..., 0] if channels == 1 else image, CHANNEL_MODES[channels])
     buf = io.BytesIO()
     pil.save(buf, format='PNG')
     return buf.getvalue()

@@ -61,31 +61,39 @@ def _is_shape(shape: Any) -> bool:
     return isinstance(shape, Sequence) and not isinstance(shape, str)
 
 
-def init_bank(num_classes: int, capacity: int, capacity_uncond: int,
-              shape: Sequence[int] | Mapping[str, Sequence[int]],
-              dtype=jnp.float32) -> MemoryBank:
+def init_bank(
+    num_classes: int,
+    capacity: int,
+    capacity_uncond: int,
+    shape: Sequence[int] | Mapping[str, Sequence[int]],
+    dtype=jnp.float32,
+) -> MemoryBank:
     """An empty bank holding samples of shape `shape` (e.g. (H, W, C)) stored as `dtype`.
 
     `shape` may also be a dict name -> shape (e.g. {'raw': (1, 784), 'global': (1, 64)}):
     each sample is then a dict of arrays of those shapes, and every buffer a dict too.
     `dtype` is float32 or bfloat16 (bfloat16 halves the memory; samples come back in it).
     """
-    for name, value in (('num_classes', num_classes), ('capacity', capacity),
-                        ('capacity_uncond', capacity_uncond)):
+    for name, value in (
+        ('num_classes', num_classes),
+        ('capacity', capacity),
+        ('capacity_uncond', capacity_uncond),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f'{name} must be a positive integer, got {value!r}.')
     if isinstance(shape, Mapping):
         if not shape or not all(_is_shape(v) for v in shape.values()):
-            raise ValueError(f'shape must be a tuple of ints or a non-empty dict of such '
-                             f'tuples, got {shape!r}.')
+            raise ValueError(
+                f'shape must be a tuple of ints or a non-empty dict of such tuples, got {shape!r}.'
+            )
         shapes = {str(k): tuple(int(s) for s in v) for k, v in shape.items()}
     elif _is_shape(shape):
         shapes = tuple(int(s) for s in shape)
     else:
-        raise ValueError(f'shape must be a tuple of ints or a dict of such tuples, got '
-                         f'{shape!r}.')
+        raise ValueError(f'shape must be a tuple of ints or a dict of such tuples, got {shape!r}.')
     zeros = lambda lead: jax.tree_util.tree_map(  # noqa: E731
-        lambda s: jnp.zeros((*lead, *s), dtype), shapes, is_leaf=lambda s: isinstance(s, tuple))
+        lambda s: jnp.zeros((*lead, *s), dtype), shapes, is_leaf=lambda s: isinstance(s, tuple)
+    )
     return MemoryBank(
         images=zeros((num_classes, capacity)),
         count=jnp.zeros((num_classes,), jnp.int32),
@@ -117,7 +125,8 @@ def push(bank: MemoryBank, images: jax.Array, labels: jax.Array) -> MemoryBank:
     """
     got = jax.tree_util.tree_map(lambda a: tuple(a.shape[1:]), images)
     if jax.tree_util.tree_structure(images) != jax.tree_util.tree_structure(bank.uncond) or (
-            got != bank.sample_shape):
+        got != bank.sample_shape
+    ):
         raise ValueError(f'pushed samples have shape {got}, the bank holds {bank.sample_shape}.')
     batch = labels.shape[0]
     if any(a.shape[0] != batch for a in jax.tree_util.tree_leaves(images)):
@@ -135,14 +144,17 @@ def push(bank: MemoryBank, images: jax.Array, labels: jax.Array) -> MemoryBank:
     row_b = jnp.where(keep_b, safe_labels, k)  # Row k is out of bounds: dropped.
     new_images = jax.tree_util.tree_map(
         lambda buf, x: buf.at[row_b, slot_b].set(x.astype(buf.dtype), mode='drop'),
-        bank.images, images)
+        bank.images,
+        images,
+    )
 
     cap_u = bank.capacity_uncond
     idx_b = jnp.arange(batch)
     slot_u = (bank.uncond_ptr + idx_b) % cap_u
     slot_u = jnp.where(idx_b >= batch - cap_u, slot_u, cap_u)
     new_uncond = jax.tree_util.tree_map(
-        lambda buf, x: buf.at[slot_u].set(x.astype(buf.dtype), mode='drop'), bank.uncond, images)
+        lambda buf, x: buf.at[slot_u].set(x.astype(buf.dtype), mode='drop'), bank.uncond, images
+    )
 
     return MemoryBank(
         images=new_images,
@@ -186,7 +198,8 @@ def sample_uncond(bank: MemoryBank, key: jax.Array, n: int) -> Any:
     idx = jax.random.randint(key, (n,), 0, jnp.maximum(bank.uncond_count, 1))
     return jax.tree_util.tree_map(
         lambda buf: jnp.where(bank.uncond_count > 0, buf[idx], jnp.zeros_like(buf[idx])),
-        bank.uncond)
+        bank.uncond,
+    )
 
 
 def ready(bank: MemoryBank, min_count: int, min_uncond: int | None = None) -> jax.Array:

@@ -20,21 +20,12 @@ from PIL import Image as PILImage
 
 SPLIT_SEED: int = 0
 DEFAULT_TEST_FRACTION: float = 0.1
-IMAGE_EXTENSIONS: tuple[str, ...] = (
-    '.png',
-    '.jpg',
-    '.jpeg',
-    '.bmp',
-    '.gif',
-    '.webp',
-    '.tif',
-    '.tiff',
-    '.ppm',
-    '.pgm',
+IMAGE_EXTENSIONS: tuple[str, ...] = tuple(
+    ['.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm']
 )
 MODE_CHANNELS: dict[str, int] = {'L': 1, 'RGB': 3, 'RGBA': 4}
 SOURCE_KINDS: tuple[str, ...] = ('folder', 'npz', 'idx', 'mnist_pickle')
-_CHANNEL_MODES: dict[int, str] = {c: m for m, c in MODE_CHANNELS.items()}
+CHANNEL_MODES: dict[int, str] = {c: m for m, c in MODE_CHANNELS.items()}
 _IDX_SPLITS: dict[str, str] = {'train': 'train', 't10k': 'test'}
 _IDX_DTYPES: dict[int, str] = {
     0x08: '>u1',
@@ -44,7 +35,6 @@ _IDX_DTYPES: dict[int, str] = {
     0x0D: '>f4',
     0x0E: '>f8',
 }
-
 
 
 class SourceError(ValueError):
@@ -90,7 +80,7 @@ class SourceData:
                     f'{origin}: split {split!r} images must be uint8 [n, H, W, C], got '
                     f'{images.dtype} {list(images.shape)}'
                 )
-            if images.shape[-1] not in _CHANNEL_MODES:
+            if images.shape[-1] not in CHANNEL_MODES:
                 raise SourceError(
                     f'{origin}: split {split!r} has {images.shape[-1]} channels; '
                     'expected 1 (grey), 3 (RGB) or 4 (RGBA)'
@@ -169,12 +159,12 @@ def _max_label(splits: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> int:
     return int(max(lab.max(initial=-1) for _, lab in splits.values()))
 
 
-def _with_test_split(data: SourceData, origin: str, test_fraction: float,
-                     seed: int) -> SourceData:
+def _with_test_split(data: SourceData, origin: str, test_fraction: float, seed: int) -> SourceData:
     """`data` with a seeded test split cut from train when it has none, validated."""
     if 'test' not in data.splits:
         data = dataclasses.replace(
-            data, splits=_split_arrays(*data.splits['train'], test_fraction, seed))
+            data, splits=_split_arrays(*data.splits['train'], test_fraction, seed)
+        )
     data.validate(origin)
     return data
 
@@ -213,7 +203,6 @@ def to_uint8_images(images: np.ndarray, origin: str) -> np.ndarray:
     raise SourceError(
         f'{origin}: images must be uint8 (0..255) or float in [0, 1], got {images.dtype}'
     )
-
 
 
 def _is_image_file(path: str) -> bool:
@@ -340,9 +329,12 @@ def read_npz(
         num_classes = len(class_names)
     else:
         num_classes = _max_label(splits) + 1
-    return _with_test_split(SourceData(splits, num_classes, class_names,
-                                       f'Images from {os.path.abspath(path)}.'),
-                            path, test_fraction, seed)
+    return _with_test_split(
+        SourceData(splits, num_classes, class_names, f'Images from {os.path.abspath(path)}.'),
+        path,
+        test_fraction,
+        seed,
+    )
 
 
 def _open_maybe_gz(path: str) -> bytes:
@@ -404,9 +396,15 @@ def read_idx_folder(
     if 'train' not in splits:
         raise SourceError(f'{path}: no train-images-idx3-ubyte[.gz] file')
     return _with_test_split(
-        SourceData(splits, _max_label(splits) + 1,
-                   description=f'Images from the IDX files in {os.path.abspath(path)}.'),
-        path, test_fraction, seed)
+        SourceData(
+            splits,
+            _max_label(splits) + 1,
+            description=f'Images from the IDX files in {os.path.abspath(path)}.',
+        ),
+        path,
+        test_fraction,
+        seed,
+    )
 
 
 def read_mnist_pickle(path: str) -> SourceData:

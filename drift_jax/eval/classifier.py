@@ -33,7 +33,7 @@ _CACHE_FORMAT = 1
 
 def _even_crop(h: jax.Array) -> jax.Array:
     """Drop the last row/column of ``h [B, H, W, C]`` where H/W are odd."""
-    return h[:, :h.shape[1] // 2 * 2, :h.shape[2] // 2 * 2]
+    return h[:, : h.shape[1] // 2 * 2, : h.shape[2] // 2 * 2]
 
 
 def _space_to_depth(h: jax.Array) -> jax.Array:
@@ -155,13 +155,13 @@ class Classifier:
         batch = min(_EVAL_BATCH, max(n, 1))
         logits, feats = [], []
         for start in range(0, n, batch):
-            chunk = x[start:start + batch]
+            chunk = x[start : start + batch]
             pad = batch - chunk.shape[0]
             if pad:
                 chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
             lo, fe = self._forward(self.params, jnp.asarray(chunk))
-            logits.append(np.asarray(lo)[:batch - pad])
-            feats.append(np.asarray(fe)[:batch - pad])
+            logits.append(np.asarray(lo)[: batch - pad])
+            feats.append(np.asarray(fe)[: batch - pad])
         if not logits:
             k, f = self.module.num_classes, self.module.feature_dim
             return np.zeros((0, k), np.float32), np.zeros((0, f), np.float32)
@@ -288,7 +288,8 @@ def train_classifier(
     params = module.init(init_key, jnp.zeros((1, *x_np.shape[1:]), jnp.float32))
     warmup = max(1, min(100, steps // 20))
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, learning_rate, warmup, max(steps, warmup + 1), end_value=learning_rate * 0.01)
+        0.0, learning_rate, warmup, max(steps, warmup + 1), end_value=learning_rate * 0.01
+    )
     tx = optax.adam(schedule)
     opt_state = tx.init(params)
     x_all, y_all = jnp.asarray(x_np), jnp.asarray(y_np)
@@ -312,11 +313,17 @@ def train_classifier(
     loss = jnp.array(float('nan'))
     for i in range(steps):
         params, opt_state, loss = step(
-            params, opt_state, x_all, y_all, jax.random.fold_in(data_key, i))
+            params, opt_state, x_all, y_all, jax.random.fold_in(data_key, i)
+        )
     final_loss = float(loss)
     info = {
-        'seed': seed, 'steps': steps, 'batch_size': batch_size, 'learning_rate': learning_rate,
-        'augment_shift': augment_shift, 'num_train': n, 'final_loss': final_loss,
+        'seed': seed,
+        'steps': steps,
+        'batch_size': batch_size,
+        'learning_rate': learning_rate,
+        'augment_shift': augment_shift,
+        'num_train': n,
+        'final_loss': final_loss,
         'train_seconds': time.perf_counter() - start,
     }
     return Classifier(module, params, x_np.shape[1:], info)

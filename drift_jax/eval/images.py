@@ -137,7 +137,8 @@ def frechet_distance_from_moments(
     cov_a, cov_b = np.atleast_2d(cov_a).astype(np.float64), np.atleast_2d(cov_b).astype(np.float64)
     if mu_a.shape != mu_b.shape or cov_a.shape != cov_b.shape or cov_a.shape != mu_a.shape * 2:
         raise ValueError(
-            f'shape mismatch: {mu_a.shape}, {cov_a.shape}, {mu_b.shape}, {cov_b.shape}')
+            f'shape mismatch: {mu_a.shape}, {cov_a.shape}, {mu_b.shape}, {cov_b.shape}'
+        )
     diff = mu_a - mu_b
     tr = np.trace(cov_a) + np.trace(cov_b) - 2.0 * _trace_sqrt_product(cov_a, cov_b, method)
     return float(max(diff @ diff + tr, 0.0))
@@ -162,7 +163,8 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, method: str = 'eigh') -> flo
     if a.shape[1] != b.shape[1]:
         raise ValueError(f'feature sizes differ: {a.shape[1]} vs {b.shape[1]}')
     return frechet_distance_from_moments(
-        a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False), method=method)
+        a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False), method=method
+    )
 
 
 def _row_chunks(n_rows: int, n_cols: int) -> int:
@@ -182,9 +184,9 @@ def _knn_sq_radii(x: np.ndarray, k: int) -> np.ndarray:
     out = np.empty(n)
     rows = _row_chunks(n, n)
     for s in range(0, n, rows):
-        d = _sq_dists(x[s:s + rows], x_sq[s:s + rows], x, x_sq)
+        d = _sq_dists(x[s : s + rows], x_sq[s : s + rows], x, x_sq)
         # Sorted row entry 0 is the point itself (distance 0), entry k its k-th neighbour.
-        out[s:s + rows] = np.partition(d, k, axis=1)[:, k]
+        out[s : s + rows] = np.partition(d, k, axis=1)[:, k]
     return out
 
 
@@ -195,7 +197,7 @@ def _covered(queries: np.ndarray, refs: np.ndarray, ref_sq_radii: np.ndarray) ->
     rows = _row_chunks(queries.shape[0], refs.shape[0])
     hits = 0
     for s in range(0, queries.shape[0], rows):
-        d = _sq_dists(queries[s:s + rows], q_sq[s:s + rows], refs, r_sq)
+        d = _sq_dists(queries[s : s + rows], q_sq[s : s + rows], refs, r_sq)
         hits += int(np.sum(np.any(d <= ref_sq_radii[None, :], axis=1)))
     return hits / queries.shape[0]
 
@@ -221,8 +223,9 @@ def precision_recall(real_feats: Any, fake_feats: Any, k: int = 3) -> tuple[floa
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f'feature sizes differ: {real.shape[1]} vs {fake.shape[1]}')
     if k < 1 or min(real.shape[0], fake.shape[0]) <= k:
-        raise ValueError(f'need 1 <= k < set sizes, got k={k}, sizes {real.shape[0]}, '
-                         f'{fake.shape[0]}')
+        raise ValueError(
+            f'need 1 <= k < set sizes, got k={k}, sizes {real.shape[0]}, {fake.shape[0]}'
+        )
     precision = _covered(fake, real, _knn_sq_radii(real, k))
     recall = _covered(real, fake, _knn_sq_radii(fake, k))
     return precision, recall
@@ -310,18 +313,25 @@ class ImageEvaluator:
             raise ValueError(f'train/test image shapes differ: {x_train.shape} vs {x_test.shape}')
         self.num_classes = num_classes
         self.pr_k = pr_k
-        common = dict(steps=steps, batch_size=batch_size, feature_dim=feature_dim,
-                      learning_rate=learning_rate, augment_shift=augment_shift)
+        common = dict(
+            steps=steps,
+            batch_size=batch_size,
+            feature_dim=feature_dim,
+            learning_rate=learning_rate,
+            augment_shift=augment_shift,
+        )
         specs = {
             'feature': dict(common, seed=seed, width=width, pool='avg'),
-            'held_out': dict(common, seed=seed + 1,
-                             width=held_out_width or width + width // 2, pool='max'),
+            'held_out': dict(
+                common, seed=seed + 1, width=held_out_width or width + width // 2, pool='max'
+            ),
         }
         data_key = _fingerprint(x_train, y_train) if cache_dir else ''
         nets = {}
         for name, spec in specs.items():
             nets[name] = self._get_classifier(
-                name, spec, x_train, y_train, num_classes, cache_dir, data_key)
+                name, spec, x_train, y_train, num_classes, cache_dir, data_key
+            )
         self.feature_classifier: Classifier = nets['feature']
         self.held_out_classifier: Classifier = nets['held_out']
         self.test_accuracy = {name: net.accuracy(x_test, y_test) for name, net in nets.items()}
@@ -331,12 +341,19 @@ class ImageEvaluator:
         n = min(x_train.shape[0], x_test.shape[0])
         rng = np.random.default_rng(seed)
         train_idx = np.sort(rng.choice(x_train.shape[0], n, replace=False))
-        test_idx = (np.arange(n) if n == x_test.shape[0]
-                    else np.sort(rng.choice(x_test.shape[0], n, replace=False)))
+        test_idx = (
+            np.arange(n)
+            if n == x_test.shape[0]
+            else np.sort(rng.choice(x_test.shape[0], n, replace=False))
+        )
         train_features = self.feature_classifier.features(x_train[train_idx])
         self.fd_floor = frechet_distance(train_features, self.test_features[test_idx])
-        logging.info('ImageEvaluator: test accuracy %s, fd_floor %.4g (n=%d)',
-                     self.test_accuracy, self.fd_floor, n)
+        logging.info(
+            'ImageEvaluator: test accuracy %s, fd_floor %.4g (n=%d)',
+            self.test_accuracy,
+            self.fd_floor,
+            n,
+        )
 
     @staticmethod
     def _get_classifier(
@@ -359,16 +376,18 @@ class ImageEvaluator:
                 logging.info('ImageEvaluator: loading %s classifier from %s', name, path)
                 return Classifier.load(path)
         net = train_classifier(x, y, num_classes, **spec)
-        logging.info('ImageEvaluator: trained %s classifier in %.1f s', name,
-                     net.info['train_seconds'])
+        logging.info(
+            'ImageEvaluator: trained %s classifier in %.1f s', name, net.info['train_seconds']
+        )
         if path:
             net.save(path)
         return net
 
     def per_class_accuracy(self, generated_images: Any, generated_labels: Any) -> np.ndarray:
         """Held-out classifier accuracy per intended class, ``[num_classes]`` (NaN if absent)."""
-        return per_class_accuracy(self.held_out_classifier, generated_images, generated_labels,
-                                  self.num_classes)
+        return per_class_accuracy(
+            self.held_out_classifier, generated_images, generated_labels, self.num_classes
+        )
 
     @property
     def num_reference(self) -> int:
@@ -405,4 +424,3 @@ class ImageEvaluator:
             'class_accuracy': self.held_out_classifier.accuracy(x, y),
             'spread_ratio': within_class_spread(x, y) / self.test_spread,
         }
-

@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "DEFAULT_RBF_BANDWIDTHS",
-    "energy_distance",
-    "energy_report",
-    "mmd_rbf",
-    "sliced_wasserstein",
+    'DEFAULT_RBF_BANDWIDTHS',
+    'energy_distance',
+    'energy_report',
+    'mmd_rbf',
+    'sliced_wasserstein',
 ]
 
 #: Default Gaussian-kernel bandwidths (standard deviations) for :func:`mmd_rbf`; these suit
@@ -47,16 +47,16 @@ def _as_points(a: jax.Array | np.ndarray, name: str) -> jax.Array:
     """
     a = jnp.asarray(a, dtype=jnp.float32)
     if a.ndim != 2:
-        raise ValueError(f"{name} must have shape [n, d], got {a.shape}")
+        raise ValueError(f'{name} must have shape [n, d], got {a.shape}')
     if a.shape[0] == 0:
-        raise ValueError(f"{name} must contain at least one point")
+        raise ValueError(f'{name} must contain at least one point')
     return a
 
 
 def _check_pair(x: jax.Array, y: jax.Array) -> None:
     """Raise ``ValueError`` unless ``x [n, d]`` and ``y [m, d]`` share ``d``."""
     if x.shape[1] != y.shape[1]:
-        raise ValueError(f"dimension mismatch: x has d={x.shape[1]}, y has d={y.shape[1]}")
+        raise ValueError(f'dimension mismatch: x has d={x.shape[1]}, y has d={y.shape[1]}')
 
 
 def _center(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -129,7 +129,7 @@ def _row_sums(
             x_sq = jnp.sum(xc * xc, axis=-1)
             gram = jnp.matmul(xc, y_t, precision=jax.lax.Precision.HIGHEST)
             d2 = jnp.maximum(x_sq[:, None] + y_sq[None, :] - 2.0 * gram, 0.0)
-        if kernel == "distance":
+        if kernel == 'distance':
             vals = jnp.sqrt(d2)
         else:
             vals = sum(jnp.exp(d2 * (-0.5 / (h * h))) for h in bandwidths)
@@ -142,7 +142,7 @@ def _row_sums(
     return jax.lax.map(one_chunk, (x_chunks, row_ids)).reshape(-1)[:n]
 
 
-@functools.partial(jax.jit, static_argnames=("chunk_size", "direct", "kernel", "bandwidths"))
+@functools.partial(jax.jit, static_argnames=('chunk_size', 'direct', 'kernel', 'bandwidths'))
 def _three_row_sums(
     x: jax.Array,
     y: jax.Array,
@@ -181,7 +181,7 @@ def _pair_sums(
     kernel: str,
     bandwidths: tuple[float, ...] = (),
     chunk_size: int | None = None,
-    method: str = "auto",
+    method: str = 'auto',
 ) -> tuple[float, float, float]:
     """Kernel sums over all cross pairs and all off-diagonal within-set pairs.
 
@@ -199,10 +199,10 @@ def _pair_sums(
     """
     n, d = x.shape
     m = y.shape[0]
-    if method == "auto":
+    if method == 'auto':
         direct = d <= _DIRECT_MAX_DIM
-    elif method in ("direct", "gram"):
-        direct = method == "direct"
+    elif method in ('direct', 'gram'):
+        direct = method == 'direct'
     else:
         raise ValueError(f"method must be 'auto', 'direct' or 'gram', got {method!r}")
     if chunk_size is None:
@@ -227,7 +227,7 @@ def energy_distance(
     *,
     unbiased: bool = True,
     chunk_size: int | None = None,
-    method: str = "auto",
+    method: str = 'auto',
 ) -> float:
     """Squared-form energy distance ``2 E||X-Y|| - E||X-X'|| - E||Y-Y'||``.
 
@@ -257,15 +257,13 @@ def energy_distance(
     Returns:
         The energy distance as a Python float (same units as the data).
     """
-    x = _as_points(x, "x")
-    y = _as_points(y, "y")
+    x = _as_points(x, 'x')
+    y = _as_points(y, 'y')
     _check_pair(x, y)
     n, m = x.shape[0], y.shape[0]
     if unbiased and min(n, m) < 2:
-        raise ValueError("unbiased energy distance needs at least 2 points in each set")
-    s_xy, s_xx, s_yy = _pair_sums(
-        x, y, kernel="distance", chunk_size=chunk_size, method=method
-    )
+        raise ValueError('unbiased energy distance needs at least 2 points in each set')
+    s_xy, s_xx, s_yy = _pair_sums(x, y, kernel='distance', chunk_size=chunk_size, method=method)
     nxx = n * (n - 1) if unbiased else n * n
     nyy = m * (m - 1) if unbiased else m * m
     return float(2.0 * s_xy / (n * m) - s_xx / nxx - s_yy / nyy)
@@ -277,7 +275,7 @@ def mmd_rbf(
     bandwidths: Sequence[float] = DEFAULT_RBF_BANDWIDTHS,
     *,
     chunk_size: int | None = None,
-    method: str = "auto",
+    method: str = 'auto',
 ) -> float:
     """Unbiased squared MMD with a sum of Gaussian kernels.
 
@@ -297,17 +295,17 @@ def mmd_rbf(
     Returns:
         MMD^2 as a Python float.
     """
-    x = _as_points(x, "x")
-    y = _as_points(y, "y")
+    x = _as_points(x, 'x')
+    y = _as_points(y, 'y')
     _check_pair(x, y)
     bw = tuple(float(h) for h in bandwidths)
     if not bw or min(bw) <= 0:
-        raise ValueError("bandwidths must be a non-empty sequence of positive numbers")
+        raise ValueError('bandwidths must be a non-empty sequence of positive numbers')
     n, m = x.shape[0], y.shape[0]
     if min(n, m) < 2:
-        raise ValueError("unbiased MMD needs at least 2 points in each set")
+        raise ValueError('unbiased MMD needs at least 2 points in each set')
     s_xy, s_xx, s_yy = _pair_sums(
-        x, y, kernel="rbf", bandwidths=bw, chunk_size=chunk_size, method=method
+        x, y, kernel='rbf', bandwidths=bw, chunk_size=chunk_size, method=method
     )
     return float(s_xx / (n * (n - 1)) + s_yy / (m * (m - 1)) - 2.0 * s_xy / (n * m))
 
@@ -331,7 +329,7 @@ def _quantile_pairing(n: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return idx_x.astype(np.int32), idx_y.astype(np.int32), widths.astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("num_projections",))
+@functools.partial(jax.jit, static_argnames=('num_projections',))
 def _sliced_wp(
     x: jax.Array,
     y: jax.Array,
@@ -390,9 +388,9 @@ def sliced_wasserstein(
         SW_p as a Python float (data units).
     """
     if p not in (1, 2):
-        raise ValueError(f"p must be 1 or 2, got {p}")
-    x = _as_points(x, "x")
-    y = _as_points(y, "y")
+        raise ValueError(f'p must be 1 or 2, got {p}')
+    x = _as_points(x, 'x')
+    y = _as_points(y, 'y')
     _check_pair(x, y)
     idx_x, idx_y, w = _quantile_pairing(x.shape[0], y.shape[0])
     per_proj = _sliced_wp(
@@ -409,19 +407,19 @@ def sliced_wasserstein(
     return mean ** (1.0 / p)
 
 
-def mean_pairwise_distance(x: jax.Array | np.ndarray, *, chunk_size: int | None = None
-                           ) -> float:
+def mean_pairwise_distance(x: jax.Array | np.ndarray, *, chunk_size: int | None = None) -> float:
     """``E||X-X'||`` over distinct pairs of ``x`` ``[n, d]`` (a U-statistic), as a float."""
-    x = _as_points(x, "x")
+    x = _as_points(x, 'x')
     n = x.shape[0]
     if n < 2:
-        raise ValueError("mean_pairwise_distance needs at least 2 points")
-    _, s_xx, _ = _pair_sums(x, x[:2], kernel="distance", chunk_size=chunk_size, method="auto")
+        raise ValueError('mean_pairwise_distance needs at least 2 points')
+    _, s_xx, _ = _pair_sums(x, x[:2], kernel='distance', chunk_size=chunk_size, method='auto')
     return float(s_xx / (n * (n - 1)))
 
 
-def expected_energy_floor(data: jax.Array | np.ndarray, n: int, m: int, *,
-                          chunk_size: int | None = None) -> float:
+def expected_energy_floor(
+    data: jax.Array | np.ndarray, n: int, m: int, *, chunk_size: int | None = None
+) -> float:
     """Expected V-statistic energy distance between two independent draws of sizes n and m.
 
     For i.i.d. draws X (n points) and Y (m points) of one distribution, the V-statistic
@@ -438,7 +436,7 @@ def expected_energy_floor(data: jax.Array | np.ndarray, n: int, m: int, *,
         The expected floor as a Python float.
     """
     if n < 1 or m < 1:
-        raise ValueError(f"n and m must be positive, got {n} and {m}")
+        raise ValueError(f'n and m must be positive, got {n} and {m}')
     return mean_pairwise_distance(data, chunk_size=chunk_size) * (1.0 / n + 1.0 / m)
 
 
@@ -475,5 +473,5 @@ def energy_report(
     """
     ed = energy_distance(generated, reference, unbiased=unbiased, chunk_size=chunk_size)
     floor = energy_distance(floor_a, floor_b, unbiased=unbiased, chunk_size=chunk_size)
-    ratio = ed / floor if floor > 0 else float("nan")
-    return {"energy_distance": ed, "energy_floor": floor, "energy_ratio": ratio}
+    ratio = ed / floor if floor > 0 else float('nan')
+    return {'energy_distance': ed, 'energy_floor': floor, 'energy_ratio': ratio}

@@ -31,9 +31,22 @@ from drift_jax.field.options import (
 from drift_jax.field.sharded import sharded_drift_field, sharded_drift_loss
 
 __all__ = [
-    'BLOCKED_MAX_DIM', 'BLOCKED_MIN_ENTRIES', 'DENSE_MEMORY_LIMIT_BYTES', 'KERNELS',
-    'NORMALIZATIONS', 'PAPER_TEMPERATURES', 'DriftOptions', 'compute_drift_field',
-    'compute_drift_field_with', 'dense_memory_bytes', 'drift_loss', 'group_chunk',
-    'options_from_config', 'pairwise_distances', 'select_block_size', 'sharded_drift_field',
-    'sharded_drift_loss', 'validate_options',
+    'BLOCKED_MAX_DIM',
+    'BLOCKED_MIN_ENTRIES',
+    'DENSE_MEMORY_LIMIT_BYTES',
+    'KERNELS',
+    'NORMALIZATIONS',
+    'PAPER_TEMPERATURES',
+    'DriftOptions',
+    'compute_drift_field',
+    'compute_drift_field_with',
+    'dense_memory_bytes',
+    'drift_loss',
+    'group_chunk',
+    'options_from_config',
+    'pairwise_distances',
+    'select_block_size',
+    'sharded_drift_field',
+    'sharded_drift_loss',
+    'validate_options',
 ]

@@ -33,8 +33,11 @@ def _squared_distances(x_nd: Array, y_md: Array) -> Array:
         for k in range(x_nd.shape[-1]):
             sq = sq + jnp.square(x_nd[:, k, None] - y_md[None, :, k])
         return sq
-    sq = (jnp.sum(jnp.square(x_nd), -1)[:, None] + jnp.sum(jnp.square(y_md), -1)[None, :]
-          - 2.0 * jnp.dot(x_nd, y_md.T, precision=jax.lax.Precision.HIGHEST))
+    sq = (
+        jnp.sum(jnp.square(x_nd), -1)[:, None]
+        + jnp.sum(jnp.square(y_md), -1)[None, :]
+        - 2.0 * jnp.dot(x_nd, y_md.T, precision=jax.lax.Precision.HIGHEST)
+    )
     return jnp.maximum(sq, 0.0)
 
 
@@ -96,18 +99,40 @@ def compute_drift_field(
     Returns:
       V, float32 with the shape of x, in the coordinates of x; and stats if requested.
     """
-    opts = DriftOptions(temperatures=temperatures, kernel=kernel, normalize=normalize,
-                        self_mask=self_mask, scale_dist=scale_dist,
-                        normalize_drift=normalize_drift, block_size=block_size)
-    return compute_drift_field_with(x, y_pos, y_neg, opts, weights_pos=weights_pos,
-                                    weights_neg=weights_neg, return_stats=return_stats)
+    opts = DriftOptions(
+        temperatures=temperatures,
+        kernel=kernel,
+        normalize=normalize,
+        self_mask=self_mask,
+        scale_dist=scale_dist,
+        normalize_drift=normalize_drift,
+        block_size=block_size,
+    )
+    return compute_drift_field_with(
+        x,
+        y_pos,
+        y_neg,
+        opts,
+        weights_pos=weights_pos,
+        weights_neg=weights_neg,
+        return_stats=return_stats,
+    )
 
 
-def compute_drift_field_with(x, y_pos, y_neg, opts: DriftOptions, *, weights_pos=None,
-                             weights_neg=None, return_stats: bool = False):
+def compute_drift_field_with(
+    x,
+    y_pos,
+    y_neg,
+    opts: DriftOptions,
+    *,
+    weights_pos=None,
+    weights_neg=None,
+    return_stats: bool = False,
+):
     """`compute_drift_field` with a `DriftOptions` object (shapes as there)."""
-    _, v, coord_scale, stats, grouped = driver.field_scaled(x, y_pos, y_neg, weights_pos,
-                                                      weights_neg, opts)
+    _, v, coord_scale, stats, grouped = driver.field_scaled(
+        x, y_pos, y_neg, weights_pos, weights_neg, opts
+    )
     v = v * coord_scale[:, None, None]
     if not grouped:
         v = v[0]
@@ -143,6 +168,6 @@ def drift_loss(
     opts = opts or DriftOptions()
     sg = jax.lax.stop_gradient
     _, v, coord_scale, stats, grouped = driver.field_scaled(
-        sg(x), sg(y_pos), None if y_neg is None else sg(y_neg), weights_pos, weights_neg,
-        opts)
+        sg(x), sg(y_pos), None if y_neg is None else sg(y_neg), weights_pos, weights_neg, opts
+    )
     return driver.loss_from_field(x, v, coord_scale, stats, grouped)

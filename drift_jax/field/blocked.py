@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from drift_jax.field import engine
+from drift_jax.field.one_exp import one_exp_block
 from drift_jax.field.options import DriftOptions
 
 Array = jax.Array
@@ -95,10 +96,10 @@ def symmetric_pass1(x_nd: Array, b: int, mask_self: bool, scale_dist: bool):
     # The rows twice over, so that every cyclic window is one contiguous slice; padding
     # rows are not real queries and padding columns have weight 0.
     twice = jnp.concatenate([index, index])
-    q = engine.make_queries(jnp.concatenate([xp, xp]), twice < n,
-                             twice if mask_self else None)
-    t = engine.make_targets(xp, (index < n).astype(jnp.float32),
-                             index if mask_self else None, jnp.zeros((d,)))
+    q = engine.make_queries(jnp.concatenate([xp, xp]), twice < n, twice if mask_self else None)
+    t = engine.make_targets(
+        xp, (index < n).astype(jnp.float32), index if mask_self else None, jnp.zeros((d,))
+    )
     t = jax.tree.map(lambda a: a.reshape((nb, b) + a.shape[1:]), t)
     # Tile k of the window (k = nb // 2 - its position) counts once or twice.
     k = nb // 2 - jnp.arange(span) // b
@@ -111,17 +112,19 @@ def symmetric_pass1(x_nd: Array, b: int, mask_self: bool, scale_dist: bool):
         tile, col = blk
         start = (col - nb // 2) % nb * b
         rows = jax.tree.map(lambda a: window(a, start), q)
-        sq = engine.pair_sq(rows, tile)                                  # [span, b]
+        sq = engine.pair_sq(rows, tile)  # [span, b]
         valid = engine.pair_valid(rows, tile)
         sq_valid = jnp.where(valid, sq, jnp.inf)
         # Row minima go to the window's rows (in the doubled index), column minima to
         # the rows of tile `col`.
         seen = jax.lax.dynamic_slice_in_dim(row_min, start, span)
         row_min = jax.lax.dynamic_update_slice_in_dim(
-            row_min, jnp.minimum(seen, jnp.min(sq_valid, axis=1)), start, 0)
+            row_min, jnp.minimum(seen, jnp.min(sq_valid, axis=1)), start, 0
+        )
         seen = jax.lax.dynamic_slice_in_dim(row_min, col * b, b)
         row_min = jax.lax.dynamic_update_slice_in_dim(
-            row_min, jnp.minimum(seen, jnp.min(sq_valid, axis=0)), col * b, 0)
+            row_min, jnp.minimum(seen, jnp.min(sq_valid, axis=0)), col * b, 0
+        )
         if scale_dist:
             dist = jnp.where(valid, jnp.sqrt(jnp.maximum(sq, engine.MIN_SQ)), 0.0)
             return row_min, jnp.dot(weight, jnp.sum(dist, axis=1))
@@ -132,12 +135,23 @@ def symmetric_pass1(x_nd: Array, b: int, mask_self: bool, scale_dist: bool):
     return jnp.minimum(row_min[:p], row_min[p:]), jnp.sum(sums)
 
 
-def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_neg: Array,
-                       opts: DriftOptions, mask_self: bool, *,
-                       q_valid: Array | None = None, q_offset: Array | int = 0,
-                       n_total: int | None = None, axis_name: str | None = None,
-                       block_size: int | None = None, one_exp: bool = False,
-                       neg_is_queries: bool = False):
+def single_group_field(
+    x_nd: Array,
+    y_pos: Array,
+    y_neg: Array,
+    w_pos: Array,
+    w_neg: Array,
+    opts: DriftOptions,
+    mask_self: bool,
+    *,
+    q_valid: Array | None = None,
+    q_offset: Array | int = 0,
+    n_total: int | None = None,
+    axis_name: str | None = None,
+    block_size: int | None = None,
+    one_exp: bool = False,
+    neg_is_queries: bool = False,
+):
     """Field for one group in scaled coordinates, streaming over blocks of targets.
 
     Same arguments and result as `dense.single_group_field`: x_nd [N, D], y_pos [M+, D],
@@ -147,7 +161,7 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
     are masked. q_valid, q_offset, n_total and axis_name serve the sharded form (see
     sharded.py): real rows [N], global index of row 0, global real rows, mesh axis.
     one_exp: let blocks use one exponential per entry where their shifts allow it
-    (`engine.one_exp_terms`; a `lax.cond` per block, so only for calls that are not
+    (`one_exp.one_exp_terms`; a `lax.cond` per block, so only for calls that are not
     vmapped). neg_is_queries: y_neg is x_nd itself with unit weights (the caller passed no
     negatives); with one_exp the first pass then uses the symmetry of the negatives'
     distances (`symmetric_pass1`).
@@ -169,11 +183,16 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
     # Independent streams of blocks (one chain of scans each) let XLA:CPU run them on
     # different cores; collectives (sharded form) need one stream to keep their order.
     streams = 1 if axis_name is not None else min(STREAMS, ys.shape[0])
-    segments = [stream_segments(lo, hi, yn.shape[0])
-                for lo, hi in stream_ranges(ys.shape[0], streams)]
-    targets = [[engine.make_targets(ys[lo:hi], ws[lo:hi],
-                                     index[lo:hi] if mask_self else None, center)
-                for _, lo, hi in stream] for stream in segments]
+    segments = [
+        stream_segments(lo, hi, yn.shape[0]) for lo, hi in stream_ranges(ys.shape[0], streams)
+    ]
+    targets = [
+        [
+            engine.make_targets(ys[lo:hi], ws[lo:hi], index[lo:hi] if mask_self else None, center)
+            for _, lo, hi in stream
+        ]
+        for stream in segments
+    ]
 
     num_t = len(opts.temperatures)
     # Log-sum-exp shifts. With a first pass (needed for the distance scale): its exact row
@@ -185,9 +204,10 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
     # [T, N, D + 1] accumulators costs more than a first pass.)
     online = not opts.scale_dist and num_t == 1 and opts.normalize != 'none'
     # One-exp block terms need each block's smallest u, not its column minima (see
-    # `engine.one_exp_block`): the first pass gathers only that.
+    # `one_exp.one_exp_block`): the first pass gathers only that.
     one_exp = one_exp and opts.normalize == 'both' and axis_name is None
     if not online and (opts.scale_dist or opts.normalize != 'none'):
+
         def pass1(carry, t):
             row_min, sum_dw = carry
             r, c, sdw = engine.pass1_block(q, t, opts.scale_dist, col_minima=not one_exp)
@@ -200,7 +220,7 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
             # distance is the smallest row minimum among its own rows (by symmetry).
             neg_row_min, neg_sum = symmetric_pass1(x_nd, b, mask_self, opts.scale_dist)
             carries.append((neg_row_min[:n], neg_sum))
-            neg_block_min = jnp.min(neg_row_min.reshape(-1, b), axis=1)          # [nb-]
+            neg_block_min = jnp.min(neg_row_min.reshape(-1, b), axis=1)  # [nb-]
         for stream, stream_targets in zip(segments, targets, strict=True):
             carry = init
             for (set_id, lo, hi), t in zip(stream, stream_targets, strict=True):
@@ -214,7 +234,8 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
         sum_dw = sum(c[1] for c in carries)
         sum_w = engine.valid_weight_sum(q, w_pos, w_neg)
         scale, coord_scale, unit, row_shift, col_mins = engine.combine_pass1(
-            row_min, col_mins, sum_dw, sum_w, d, opts, axis_name)
+            row_min, col_mins, sum_dw, sum_w, d, opts, axis_name
+        )
         col_mins = iter(col_mins)
         col_shifts = [[next(col_mins) for _ in stream] for stream in targets]
     else:
@@ -225,7 +246,7 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
     # Terms accumulated under row shift r carry exp(-rate k (u - r)) with rate 1/2 (the
     # geometric mean, 'both') or 1 ('targets'); the row sums carry exp(-k (u - r)).
     acc_rate = 0.5 if opts.normalize == 'both' else 1.0
-    rates = unit * jnp.asarray(engine.temperature_rates(opts), jnp.float32)            # [T]
+    rates = unit * jnp.asarray(engine.temperature_rates(opts), jnp.float32)  # [T]
 
     def rescale(shift, new_shift):
         """Factors ([T, N] for the accumulators, [T, N] for the row sums) that move terms
@@ -252,38 +273,60 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
             if axis_name is not None:
                 col_shift = jax.lax.pmin(col_shift, axis_name)
         if one_exp:
-            r, a, a_scale, fit = engine.one_exp_block(u, t, engine.finite_shift(shift),
-                                                       engine.finite_shift(col_shift), unit,
-                                                       opts, two_exp_only)
+            r, a, a_scale, fit = one_exp_block(
+                u,
+                t,
+                engine.finite_shift(shift),
+                engine.finite_shift(col_shift),
+                unit,
+                opts,
+                two_exp_only,
+            )
             a, exact = a_scale[..., None] * a, exact & fit
         else:
-            r, a = engine.block_terms(u, t, engine.finite_shift(shift),
-                                       engine.finite_shift(col_shift), unit, opts, axis_name)
+            r, a = engine.block_terms(
+                u,
+                t,
+                engine.finite_shift(shift),
+                engine.finite_shift(col_shift),
+                unit,
+                opts,
+                axis_name,
+            )
         accs = tuple(acc + a if k == set_id else acc for k, acc in enumerate(accs))
         return (shift, row_sums + r, accs, exact), None
 
     def pass2(two_exp_only=False):
         """(row sums [T, N], accumulators [T, N, D + 1] of both sets, exact [])."""
         outs = []
-        for stream, stream_targets, stream_shifts in zip(segments, targets, col_shifts,
-                                                         strict=True):
-            carry = (row_shift, jnp.zeros((num_t, n), jnp.float32),
-                     (jnp.zeros((num_t, n, d + 1), jnp.float32),) * 2, jnp.array(True))
-            for (set_id, _, _), t, c in zip(stream, stream_targets, stream_shifts,
-                                            strict=True):
-                carry = jax.lax.scan(functools.partial(block, set_id, two_exp_only), carry,
-                                     (t, c))[0]
+        for stream, stream_targets, stream_shifts in zip(
+            segments, targets, col_shifts, strict=True
+        ):
+            carry = (
+                row_shift,
+                jnp.zeros((num_t, n), jnp.float32),
+                (jnp.zeros((num_t, n, d + 1), jnp.float32),) * 2,
+                jnp.array(True),
+            )
+            for (set_id, _, _), t, c in zip(stream, stream_targets, stream_shifts, strict=True):
+                carry = jax.lax.scan(functools.partial(block, set_id, two_exp_only), carry, (t, c))[
+                    0
+                ]
             outs.append(carry)
         if online:
             # Bring every stream to the common (lowest) row shift before adding.
             shift = functools.reduce(jnp.minimum, [o[0] for o in outs])
             factors = [rescale(o[0], shift) for o in outs]
-            outs = [(None, rows * f_row, tuple(a * f_acc[:, :, None] for a in accs), ok)
-                    for (_, rows, accs, ok), (f_acc, f_row) in zip(outs, factors,
-                                                                   strict=True)]
-        return (sum(o[1] for o in outs), sum(o[2][0] for o in outs),
-                sum(o[2][1] for o in outs), functools.reduce(jnp.logical_and,
-                                                             [o[3] for o in outs]))
+            outs = [
+                (None, rows * f_row, tuple(a * f_acc[:, :, None] for a in accs), ok)
+                for (_, rows, accs, ok), (f_acc, f_row) in zip(outs, factors, strict=True)
+            ]
+        return (
+            sum(o[1] for o in outs),
+            sum(o[2][0] for o in outs),
+            sum(o[2][1] for o in outs),
+            functools.reduce(jnp.logical_and, [o[3] for o in outs]),
+        )
 
     if one_exp:
         # Where a block's one-exp terms were not exact, all blocks again with two-exp terms
@@ -293,14 +336,17 @@ def single_group_field(x_nd: Array, y_pos: Array, y_neg: Array, w_pos: Array, w_
             def run():
                 out = pass2(two_exp_only=second)
                 return out[:3], out[3]
+
             return jax.lax.cond(second & carry[1], lambda: carry, run), None
 
         zeros = (jnp.zeros((num_t, n), jnp.float32),) + (
-            jnp.zeros((num_t, n, d + 1), jnp.float32),) * 2
+            jnp.zeros((num_t, n, d + 1), jnp.float32),
+        ) * 2
         (row_sums, acc_neg, acc_pos), _ = jax.lax.scan(
-            attempt, (zeros, jnp.array(False)), jnp.array([False, True]))[0]
+            attempt, (zeros, jnp.array(False)), jnp.array([False, True])
+        )[0]
     else:
         row_sums, acc_neg, acc_pos, _ = pass2()
-    return engine.finish_field(row_sums, acc_neg, acc_pos, scale, coord_scale, n_total, opts,
-                          axis_name)
-
+    return engine.finish_field(
+        row_sums, acc_neg, acc_pos, scale, coord_scale, n_total, opts, axis_name
+    )

@@ -42,11 +42,15 @@ def prepare(x, y_pos, y_neg, weights_pos, weights_neg, opts):
     g, n, d = x.shape
     for name, y in (('y_pos', y_pos), ('y_neg', y_neg)):
         if y.shape[0] != g or y.shape[2] != d:
-            raise ValueError(f'{name} has shape {y.shape[int(not grouped):]}; expected '
-                             f'groups={g} and dim={d} to match x {x.shape[int(not grouped):]}.')
+            raise ValueError(
+                f'{name} has shape {y.shape[int(not grouped) :]}; expected '
+                f'groups={g} and dim={d} to match x {x.shape[int(not grouped) :]}.'
+            )
     if mask_self and y_neg.shape[1] < n:
-        raise ValueError(f'self_mask needs the first N={n} negatives to be the queries, but '
-                         f'y_neg has only {y_neg.shape[1]} rows.')
+        raise ValueError(
+            f'self_mask needs the first N={n} negatives to be the queries, but '
+            f'y_neg has only {y_neg.shape[1]} rows.'
+        )
 
     def _weights(w, m, name):
         if w is None:
@@ -62,8 +66,7 @@ def prepare(x, y_pos, y_neg, weights_pos, weights_neg, opts):
     w_pos = _weights(weights_pos, y_pos.shape[1], 'weights_pos')
     w_neg = _weights(weights_neg, y_neg.shape[1], 'weights_neg')
     f32 = jnp.float32
-    return (x.astype(f32), y_pos.astype(f32), y_neg.astype(f32), w_pos, w_neg, mask_self,
-            grouped)
+    return (x.astype(f32), y_pos.astype(f32), y_neg.astype(f32), w_pos, w_neg, mask_self, grouped)
 
 
 # ----------------------------------------------------------------------------
@@ -92,8 +95,15 @@ def dense_memory_bytes(groups: int, n: int, m: int, num_temps: int) -> int:
     return groups * n * m * per_entry
 
 
-def select_block_size(groups: int, n: int, m: int, d: int, num_temps: int,
-                      block_size: int | None = None, backend: str | None = None) -> int | None:
+def select_block_size(
+    groups: int,
+    n: int,
+    m: int,
+    d: int,
+    num_temps: int,
+    block_size: int | None = None,
+    backend: str | None = None,
+) -> int | None:
     """Targets per block for the blocked form, or None for the dense form.
 
     An explicit `block_size` wins. Otherwise the blocked form is chosen when the dense
@@ -110,8 +120,14 @@ def select_block_size(groups: int, n: int, m: int, d: int, num_temps: int,
     return None
 
 
-def group_field_fn(opts: DriftOptions, mask_self: bool, block: int | None, *,
-                   neg_is_queries: bool = False, **sharded) -> Callable:
+def group_field_fn(
+    opts: DriftOptions,
+    mask_self: bool,
+    block: int | None,
+    *,
+    neg_is_queries: bool = False,
+    **sharded,
+) -> Callable:
     """The field of one group, `one(x_nd, y_pos, y_neg, w_pos, w_neg) -> (v, coord_scale,
     stats)`, in the dense form (`block` None) or the blocked form with `block` targets per
     block. Every form runs through here: `field_scaled` maps it over groups and the sharded
@@ -119,18 +135,40 @@ def group_field_fn(opts: DriftOptions, mask_self: bool, block: int | None, *,
     axis_name). The blocked form also takes `one_exp=True` (one exponential per entry).
     """
     if block:
+
         def one(xg, pg, ng, wp, wn, one_exp=False):
             return blocked.single_group_field(
-                xg, pg, ng, wp, wn, opts, mask_self, block_size=block, one_exp=one_exp,
-                neg_is_queries=neg_is_queries, **sharded)
+                xg,
+                pg,
+                ng,
+                wp,
+                wn,
+                opts,
+                mask_self,
+                block_size=block,
+                one_exp=one_exp,
+                neg_is_queries=neg_is_queries,
+                **sharded,
+            )
     else:
+
         def one(xg, pg, ng, wp, wn):
             return dense.single_group_field(xg, pg, ng, wp, wn, opts, mask_self, **sharded)
+
     return one
 
 
-def field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, form: str = 'auto',
-                 chunk_groups: bool = True, one_exp: bool = True):
+def field_scaled(
+    x,
+    y_pos,
+    y_neg,
+    weights_pos,
+    weights_neg,
+    opts,
+    form: str = 'auto',
+    chunk_groups: bool = True,
+    one_exp: bool = True,
+):
     """Field in scaled coordinates for all groups: (v [G,N,D], coord_scale [G], stats).
 
     `form` forces 'dense' or 'blocked' (benchmarks and tests); 'auto' uses
@@ -141,7 +179,8 @@ def field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, form: str = 'a
     # No negatives given: they are the queries themselves, with unit weights.
     neg_is_queries = y_neg is None and weights_neg is None
     x, y_pos, y_neg, w_pos, w_neg, mask_self, grouped = prepare(
-        x, y_pos, y_neg, weights_pos, weights_neg, opts)
+        x, y_pos, y_neg, weights_pos, weights_neg, opts
+    )
     g, n, d = x.shape
     m, num_t = y_pos.shape[1] + y_neg.shape[1], len(opts.temperatures)
     if form == 'dense':
@@ -179,8 +218,9 @@ def one_exp_forward(one, args):
     from the JVP) the two-exp form.
     """
     field = jax.custom_jvp(lambda *a: one(*a, one_exp=True))
-    field.defjvp(lambda primals, tangents: jax.jvp(lambda *a: one(*a, one_exp=False),
-                                                   primals, tangents))
+    field.defjvp(
+        lambda primals, tangents: jax.jvp(lambda *a: one(*a, one_exp=False), primals, tangents)
+    )
     return field(*args)
 
 

@@ -7,7 +7,6 @@ subpackage; users call `drift_jax.field.compute_drift_field` and `drift_loss`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -55,20 +54,20 @@ MAX_POWER = 32
 class QuerySet(NamedTuple):
     """One group's queries in the layouts the engine uses (N rows)."""
 
-    cols: tuple[Array, ...]   # D vectors [N] (D <= EXACT_DIFF_MAX_DIM), else ().
-    x: Array | None           # [N, D + 2] = [x, |x|^2, 1] (larger D), else None.
-    valid: Array | None       # [N] bool: real rows (None: all real).
-    index: Array | None       # [N] global query index (self-mask only), else None.
+    cols: tuple[Array, ...]  # D vectors [N] (D <= EXACT_DIFF_MAX_DIM), else ().
+    x: Array | None  # [N, D + 2] = [x, |x|^2, 1] (larger D), else None.
+    valid: Array | None  # [N] bool: real rows (None: all real).
+    index: Array | None  # [N] global query index (self-mask only), else None.
 
 
 class TargetSet(NamedTuple):
     """A set or block of targets (b rows; leading block axes allowed)."""
 
-    cols: tuple[Array, ...]   # D vectors [b] (small D), else ().
-    y: Array | None           # [b, D + 2] = [-2 y, 1, |y|^2] (larger D), else None.
-    aug: Array                # [b, D + 1]: centred coordinates and a column of ones.
-    w: Array                  # [b] weights; 0 masks the target (also padding).
-    index: Array | None       # [b] global negative index for the self-mask, else None.
+    cols: tuple[Array, ...]  # D vectors [b] (small D), else ().
+    y: Array | None  # [b, D + 2] = [-2 y, 1, |y|^2] (larger D), else None.
+    aug: Array  # [b, D + 1]: centred coordinates and a column of ones.
+    w: Array  # [b] weights; 0 masks the target (also padding).
+    index: Array | None  # [b] global negative index for the self-mask, else None.
 
 
 def small_dim(d: int) -> bool:
@@ -83,8 +82,7 @@ def make_queries(x_nd: Array, valid: Array | None, index: Array | None) -> Query
     # |x - y|^2 = [x, |x|^2, 1] . [-2 y, 1, |y|^2]: one matmul, no reduction in its epilogue
     # (XLA:CPU would otherwise fuse the norms into the matmul and recompute them per tile).
     sq_norm = jnp.sum(jnp.square(x_nd), -1, keepdims=True)
-    return QuerySet((), jnp.concatenate([x_nd, sq_norm, jnp.ones_like(sq_norm)], -1), valid,
-                    index)
+    return QuerySet((), jnp.concatenate([x_nd, sq_norm, jnp.ones_like(sq_norm)], -1), valid, index)
 
 
 def make_targets(y: Array, w: Array, index: Array | None, center: Array) -> TargetSet:
@@ -94,8 +92,9 @@ def make_targets(y: Array, w: Array, index: Array | None, center: Array) -> Targ
         cols = tuple(y[..., k] for k in range(y.shape[-1]))
         return TargetSet(cols, None, aug, w, index)
     sq_norm = jnp.sum(jnp.square(y), -1, keepdims=True)
-    return TargetSet((), jnp.concatenate([-2.0 * y, jnp.ones_like(sq_norm), sq_norm], -1), aug,
-                    w, index)
+    return TargetSet(
+        (), jnp.concatenate([-2.0 * y, jnp.ones_like(sq_norm), sq_norm], -1), aug, w, index
+    )
 
 
 def pair_sq(q: QuerySet, t: TargetSet) -> Array:
@@ -105,8 +104,9 @@ def pair_sq(q: QuerySet, t: TargetSet) -> Array:
         for qc, tc in zip(q.cols[1:], t.cols[1:], strict=True):
             sq = sq + jnp.square(qc[:, None] - tc[None, :])
         return sq
-    sq = jax.lax.dot_general(q.x, t.y, (((1,), (1,)), ((), ())),
-                             precision=jax.lax.Precision.HIGHEST)
+    sq = jax.lax.dot_general(
+        q.x, t.y, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST
+    )
     return jnp.maximum(sq, 0.0)
 
 
@@ -215,8 +215,10 @@ def power_plan(kappas: Sequence[float]) -> tuple[float, tuple[int, ...]] | None:
     for div in (1, 2, 3, 4):
         base = lo / div
         ints = [round(k / base) for k in kappas]
-        if all(abs(k / base - i) <= 1e-6 * i and i <= MAX_POWER
-               for k, i in zip(kappas, ints, strict=True)):
+        if all(
+            abs(k / base - i) <= 1e-6 * i and i <= MAX_POWER
+            for k, i in zip(kappas, ints, strict=True)
+        ):
             return base, tuple(ints)
     return None
 
@@ -245,8 +247,15 @@ def block_u(q: QuerySet, t: TargetSet, kernel: str) -> Array:
     return jnp.where(pair_valid(q, t), kernel_u(pair_sq(q, t), kernel), jnp.inf)
 
 
-def pass2_block(q: QuerySet, t: TargetSet, row_shift: Array, col_shift: Array, unit: Array,
-                 opts: DriftOptions, axis_name=None):
+def pass2_block(
+    q: QuerySet,
+    t: TargetSet,
+    row_shift: Array,
+    col_shift: Array,
+    unit: Array,
+    opts: DriftOptions,
+    axis_name=None,
+):
     """Second-pass terms of a block of b targets.
 
     Args:
@@ -259,12 +268,18 @@ def pass2_block(q: QuerySet, t: TargetSet, row_shift: Array, col_shift: Array, u
     Returns:
       (row sums R [T, N] of this block, accumulators [T, N, D + 1] = G [y | 1]).
     """
-    return block_terms(block_u(q, t, opts.kernel), t, row_shift, col_shift, unit, opts,
-                        axis_name)
+    return block_terms(block_u(q, t, opts.kernel), t, row_shift, col_shift, unit, opts, axis_name)
 
 
-def block_terms(u: Array, t: TargetSet, row_shift: Array, col_shift: Array, unit: Array,
-                 opts: DriftOptions, axis_name=None):
+def block_terms(
+    u: Array,
+    t: TargetSet,
+    row_shift: Array,
+    col_shift: Array,
+    unit: Array,
+    opts: DriftOptions,
+    axis_name=None,
+):
     """`pass2_block`'s terms from the block's u [N, b] (+inf on invalid pairs).
 
     Returns (row sums R [T, N], accumulators [T, N, D + 1]).
@@ -287,94 +302,21 @@ def block_terms(u: Array, t: TargetSet, row_shift: Array, col_shift: Array, unit
     # Half-rate exps e = exp(-k d_row / 2), f = exp(-k d_col / 2): R = sum e^2,
     # C = sum f^2 and G = e f, two exps per entry instead of three.
     # (The barrier stops XLA from rewriting e * f back into exp(a + b).)
-    es, fs = jax.lax.optimization_barrier((exp_family(d_row, 0.5 * unit, kappas),
-                                           exp_family(d_col, 0.5 * unit, kappas)))
+    es, fs = jax.lax.optimization_barrier(
+        (exp_family(d_row, 0.5 * unit, kappas), exp_family(d_col, 0.5 * unit, kappas))
+    )
     row_sums = jnp.stack([jnp.sum(e * e, axis=1) for e in es])
     col_sums = jnp.stack([jnp.sum(f * f, axis=0) for f in fs])
     gs = [e * f for e, f in zip(es, fs, strict=True)]
     if axis_name is not None:
-        col_sums = jax.lax.psum(col_sums, axis_name)                       # [T, b]
-    col_factor = safe_pow(col_sums, -0.5) * t.w                           # [T, b]
+        col_sums = jax.lax.psum(col_sums, axis_name)  # [T, b]
+    col_factor = safe_pow(col_sums, -0.5) * t.w  # [T, b]
     if u.size <= STACKED_DOT_MAX_ENTRIES:
         # Small blocks (many small groups): one [T N, b] x [b, D + 1] product instead of T.
         weighted = jnp.stack([g * c for g, c in zip(gs, col_factor, strict=True)])
         return row_sums, jnp.einsum('tnb,bk->tnk', weighted, t.aug, precision=hp)
     accs = [jnp.dot(g * c, t.aug, precision=hp) for g, c in zip(gs, col_factor, strict=True)]
     return row_sums, jnp.stack(accs)
-
-
-# The one-exp form is exact when k (shift - m) is at most this for every row and column
-# shift (m: the block's smallest u). Then every entry within e^-30 of its row's or column's
-# peak has H >= e^-87, float32's smallest normal: nothing that matters underflows.
-ONE_EXP_MAX_SPREAD = 57.0
-
-
-def one_exp_block(u: Array, t: TargetSet, row_shift: Array, block_min: Array, unit: Array,
-                   opts: DriftOptions, two_exp_only: Array | bool = False):
-    """`block_terms` ('both', one device, not under vmap: a `lax.cond` under vmap runs both
-    branches) with one exponential per entry where the block's shifts allow it.
-
-    Args: as `block_terms`, but the block's smallest u [] instead of its column minima.
-
-    Returns (row sums [T, N], unscaled accumulators [T, N, D + 1], their factor [T, N],
-    exact []). The rows are checked before (their shifts are known): blocks whose rows do
-    not fit take the two-exp terms (with column minima of their own). The columns are
-    checked after, from the column sums of H: column j's peak is at least its sum / N, so
-    a sum of at least N e^-57 means k (c_j - m) <= 57 (`ONE_EXP_MAX_SPREAD`) without
-    the column minima c. Where a column fails, `exact` is False and the caller must
-    compute the field again without one-exp terms (rare: it takes a column whose
-    nearest query is far beyond the block's nearest pair): two_exp_only (a traced bool,
-    so that both attempts share one compiled body) makes every block take the two-exp
-    terms.
-    """
-    k_max = unit * max(temperature_rates(opts))
-    rows_fit = k_max * (jnp.max(row_shift) - block_min) <= ONE_EXP_MAX_SPREAD
-    rows_fit = rows_fit & jnp.logical_not(two_exp_only)
-    col_floor = u.shape[0] * math.exp(-ONE_EXP_MAX_SPREAD)
-
-    def two_exp():
-        col_shift = finite_shift(jnp.min(u, axis=0))
-        row_sums, accs = block_terms(u, t, row_shift, col_shift, unit, opts)
-        return row_sums, accs, jnp.ones(row_sums.shape, row_sums.dtype), jnp.array(True)
-
-    def one_exp():
-        row_sums, accs, scales, col_sums = one_exp_terms(u, t, row_shift, block_min, unit,
-                                                          opts)
-        return row_sums, accs, scales, jnp.all((col_sums >= col_floor) | (t.w <= 0))
-
-    return jax.lax.cond(rows_fit, one_exp, two_exp)
-
-
-def one_exp_terms(u: Array, t: TargetSet, row_shift: Array, block_min: Array, unit: Array,
-                   opts: DriftOptions):
-    """`block_terms` ('both') with one exponential per entry (and temperature family).
-
-    With m the block's smallest u and H_ij = exp(-k (u_ij - m)),
-        exp(-k (u_ij - r_i)) = H_ij a_i^2,   a_i = exp(k (r_i - m) / 2),
-    and in the column-normalised term the column shift cancels:
-        exp(-k (u_ij - (r_i + c_j) / 2)) / sqrt(C_j) = H_ij a_i / sqrt(sum_i' H_i'j).
-    So R_i = a_i^2 sum_j H_ij, and the field's matmul is H [y | 1] with the rows of [y | 1]
-    scaled by w_j / sqrt(sum_i H_ij), its [N, D + 1] result by a_i (returned as acc_scale
-    for the caller to fold into its accumulation). The caller checks that no entry that
-    matters underflows (`one_exp_block`). Also returns the column sums of H [T, b].
-    """
-    hp = jax.lax.Precision.HIGHEST
-    kappas = temperature_rates(opts)
-    # The barrier keeps H materialised once: XLA would otherwise recompute the exp inside
-    # each of its three consumers (row sum, column sum, matmul operand).
-    hs = jax.lax.optimization_barrier(exp_family(u - block_min, unit, kappas))
-    row_sums, accs, scales, col_sums = [], [], [], []
-    for h, kappa in zip(hs, kappas, strict=True):
-        # Capped so that this branch stays finite where it does not fit: under a user's
-        # vmap the cond becomes a select that evaluates it there too.
-        a_sq = jnp.exp(jnp.minimum((unit * kappa) * (row_shift - block_min), 80.0))  # [N]
-        col_sums.append(jnp.sum(h, axis=0))                                    # [b]
-        col_vec = safe_pow(col_sums[-1], -0.5) * t.w
-        row_sums.append(a_sq * jnp.sum(h, axis=1))
-        # The column factor scales the matmul's [b, D + 1] right operand, not H [N, b].
-        accs.append(jnp.dot(h, col_vec[:, None] * t.aug, precision=hp))
-        scales.append(jnp.sqrt(a_sq))
-    return jnp.stack(row_sums), jnp.stack(accs), jnp.stack(scales), jnp.stack(col_sums)
 
 
 # Blocks of up to this many [N, b] entries stack their temperatures into one field matmul
@@ -399,8 +341,15 @@ def safe_pow(x: Array, p: float) -> Array:
     return jnp.where(pos, out, 0.0)
 
 
-def combine_pass1(row_min: Array, col_mins: Sequence[Array], sum_dw: Array, sum_w: Array,
-                   d: int, opts: DriftOptions, axis_name=None):
+def combine_pass1(
+    row_min: Array,
+    col_mins: Sequence[Array],
+    sum_dw: Array,
+    sum_w: Array,
+    d: int,
+    opts: DriftOptions,
+    axis_name=None,
+):
     """Scales, rates and log-sum-exp shifts from the pass-1 statistics (all devices).
 
     Returns (scale, coord_scale, unit, row_shift [N], col_shifts like col_mins).
@@ -414,8 +363,16 @@ def combine_pass1(row_min: Array, col_mins: Sequence[Array], sum_dw: Array, sum_
     return scale, coord_scale, unit, row_shift, col_shifts
 
 
-def finish_field(row_sums: Array, acc_neg: Array, acc_pos: Array, scale: Array,
-            coord_scale: Array, n_total: int, opts: DriftOptions, axis_name=None):
+def finish_field(
+    row_sums: Array,
+    acc_neg: Array,
+    acc_pos: Array,
+    scale: Array,
+    coord_scale: Array,
+    n_total: int,
+    opts: DriftOptions,
+    axis_name=None,
+):
     """Field [N, D] in scaled coordinates and stats from the accumulated terms.
 
     row_sums [T, N], acc_neg/acc_pos [T, N, D + 1]; n_total counts the real queries over
@@ -432,7 +389,7 @@ def finish_field(row_sums: Array, acc_neg: Array, acc_pos: Array, scale: Array,
     p, s_pos = acc_pos[..., :d], acc_pos[..., d:]
     # The two terms' coefficients sum to zero, so V is translation invariant; the
     # explicit "- x" terms of the mean-shift form cancel and are omitted.
-    v_t = row_factor[..., None] * (s_neg * p - s_pos * q) / coord_scale     # [T, N, D]
+    v_t = row_factor[..., None] * (s_neg * p - s_pos * q) / coord_scale  # [T, N, D]
     # When attraction and repulsion cancel (y_pos and y_neg the same set), what is left is
     # float32 rounding of the two terms; RMS normalisation would blow it up to unit size.
     # Call a temperature's field zero when it is below the rounding level of its terms.
@@ -445,12 +402,16 @@ def finish_field(row_sums: Array, acc_neg: Array, acc_pos: Array, scale: Array,
     # The sum over temperatures as a product with ones: XLA:CPU reduces a small leading
     # axis ~20x slower than it runs this dot (measured on [3, 64, 32, 16]).
     fields = v_unit if opts.normalize_drift else v_t
-    total = jnp.tensordot(jnp.ones((fields.shape[0],), fields.dtype), fields, axes=1,
-                          precision=jax.lax.Precision.HIGHEST)
+    total = jnp.tensordot(
+        jnp.ones((fields.shape[0],), fields.dtype),
+        fields,
+        axes=1,
+        precision=jax.lax.Precision.HIGHEST,
+    )
     return total, coord_scale, stats
 
 
-CANCEL_RTOL = 64 * float(jnp.finfo(jnp.float32).eps)   # ~7.6e-6
+CANCEL_RTOL = 64 * float(jnp.finfo(jnp.float32).eps)  # ~7.6e-6
 
 
 def cancelled(v_t: Array, terms: Array, axis_name=None) -> Array:

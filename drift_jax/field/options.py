@@ -62,21 +62,25 @@ def validate_options(opts: DriftOptions) -> None:
     for t in opts.temperatures:
         if not t > 0 or t != t or t == float('inf'):
             raise ValueError(
-                f'drift.temperatures must all be positive and finite, got {opts.temperatures}.')
+                f'drift.temperatures must all be positive and finite, got {opts.temperatures}.'
+            )
     if opts.kernel not in KERNELS:
         raise ValueError(f'drift.kernel={opts.kernel!r} is unknown; choose one of {KERNELS}.')
     if opts.normalize not in NORMALIZATIONS:
         raise ValueError(
-            f'drift.normalize={opts.normalize!r} is unknown; choose one of {NORMALIZATIONS}.')
+            f'drift.normalize={opts.normalize!r} is unknown; choose one of {NORMALIZATIONS}.'
+        )
     bs = opts.block_size
     if bs is not None and (isinstance(bs, bool) or not isinstance(bs, numbers.Integral)):
         raise ValueError(
             f'drift.block_size={bs!r} must be an integer number of targets per block, or '
-            '0/None for the automatic choice.')
+            '0/None for the automatic choice.'
+        )
     if bs is not None and bs < 0:
         raise ValueError(
             f'drift.block_size={bs} must be a positive number of targets per block, or '
-            '0/None for the automatic choice.')
+            '0/None for the automatic choice.'
+        )
 
 
 def options_from_config(drift_config: Any) -> DriftOptions:

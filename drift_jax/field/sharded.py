@@ -27,7 +27,8 @@ def _pad_rows(a: Array, rows: int) -> Array:
 def _sharded_field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, mesh, axis):
     """Field in scaled coordinates: (x [G,N,D], v [G,N,D], coord_scale [G], stats, grouped)."""
     x, y_pos, y_neg, w_pos, w_neg, mask_self, grouped = driver.prepare(
-        x, y_pos, y_neg, weights_pos, weights_neg, opts)
+        x, y_pos, y_neg, weights_pos, weights_neg, opts
+    )
     g, n, d = x.shape
     p = mesh.shape[axis]
 
@@ -42,15 +43,17 @@ def _sharded_field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, mesh,
     wp, wn = _pad_rows(w_pos, up(w_pos.shape[1])), _pad_rows(w_neg, up(w_neg.shape[1]))
     n_local = xp.shape[1] // p
     m_local = (pos.shape[1] + neg.shape[1]) // p
-    block = driver.select_block_size(g, n_local, m_local * p, d, len(opts.temperatures),
-                                    opts.block_size)
+    block = driver.select_block_size(
+        g, n_local, m_local * p, d, len(opts.temperatures), opts.block_size
+    )
 
     def local(x_l, pos_l, neg_l, wp_l, wn_l):
         gather = jax.lax.all_gather
-        pos_a, neg_a = gather(pos_l, axis, axis=1, tiled=True), gather(neg_l, axis, axis=1,
-                                                                       tiled=True)
-        wp_a, wn_a = gather(wp_l, axis, axis=1, tiled=True), gather(wn_l, axis, axis=1,
-                                                                    tiled=True)
+        pos_a, neg_a = (
+            gather(pos_l, axis, axis=1, tiled=True),
+            gather(neg_l, axis, axis=1, tiled=True),
+        )
+        wp_a, wn_a = gather(wp_l, axis, axis=1, tiled=True), gather(wn_l, axis, axis=1, tiled=True)
         offset = jax.lax.axis_index(axis) * n_local
         q_valid = offset + jnp.arange(n_local) < n
         kw = dict(q_valid=q_valid, q_offset=offset, n_total=n, axis_name=axis)
@@ -62,12 +65,17 @@ def _sharded_field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, mesh,
     explicit = any(t == AxisType.Explicit for t in mesh.axis_types)
     if explicit:
         # Explicit meshes want the inputs already laid out as in_specs says.
-        xp, pos, neg, wp, wn = (jax.reshard(a, NamedSharding(mesh, rows))
-                                for a in (xp, pos, neg, wp, wn))
+        xp, pos, neg, wp, wn = (
+            jax.reshard(a, NamedSharding(mesh, rows)) for a in (xp, pos, neg, wp, wn)
+        )
     # check_vma=False: the engine's scan carries start replicated and become per-device.
     v, coord_scale, stats = jax.shard_map(
-        local, mesh=mesh, in_specs=(rows, rows, rows, rows, rows),
-        out_specs=(rows, P(), P()), check_vma=False)(xp, pos, neg, wp, wn)
+        local,
+        mesh=mesh,
+        in_specs=(rows, rows, rows, rows, rows),
+        out_specs=(rows, P(), P()),
+        check_vma=False,
+    )(xp, pos, neg, wp, wn)
     if explicit:
         # Slicing off the padding (and ungrouping) of an explicitly sharded array is
         # ambiguous; the field is small ([G, N, D]), so it is replicated first.
@@ -75,10 +83,18 @@ def _sharded_field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, mesh,
     return x, v[:, :n] if xp.shape[1] != n else v, coord_scale, stats, grouped
 
 
-def sharded_drift_field(x: Array, y_pos: Array, y_neg: Array | None = None,
-                        opts: DriftOptions | None = None, mesh: Mesh | None = None, *,
-                        weights_pos: Array | None = None, weights_neg: Array | None = None,
-                        axis: str = 'data', return_stats: bool = False):
+def sharded_drift_field(
+    x: Array,
+    y_pos: Array,
+    y_neg: Array | None = None,
+    opts: DriftOptions | None = None,
+    mesh: Mesh | None = None,
+    *,
+    weights_pos: Array | None = None,
+    weights_neg: Array | None = None,
+    axis: str = 'data',
+    return_stats: bool = False,
+):
     """`compute_drift_field` with the queries sharded over `mesh` axis `axis`.
 
     Args:
@@ -94,11 +110,11 @@ def sharded_drift_field(x: Array, y_pos: Array, y_neg: Array | None = None,
       V, float32 with the shape of x (equal to the single-device field); and stats.
     """
     if mesh is None:
-        raise ValueError('sharded_drift_field needs a mesh, e.g. jax.make_mesh((8,), '
-                         "('data',)).")
+        raise ValueError("sharded_drift_field needs a mesh, e.g. jax.make_mesh((8,), ('data',)).")
     opts = opts or DriftOptions()
     _, v, coord_scale, stats, grouped = _sharded_field_scaled(
-        x, y_pos, y_neg, weights_pos, weights_neg, opts, mesh, axis)
+        x, y_pos, y_neg, weights_pos, weights_neg, opts, mesh, axis
+    )
     v = v * coord_scale[:, None, None]
     if not grouped:
         v = v[0]
@@ -107,21 +123,34 @@ def sharded_drift_field(x: Array, y_pos: Array, y_neg: Array | None = None,
     return v
 
 
-def sharded_drift_loss(x: Array, y_pos: Array, y_neg: Array | None = None,
-                       opts: DriftOptions | None = None, mesh: Mesh | None = None, *,
-                       weights_pos: Array | None = None, weights_neg: Array | None = None,
-                       axis: str = 'data') -> tuple[Array, dict[str, Array]]:
+def sharded_drift_loss(
+    x: Array,
+    y_pos: Array,
+    y_neg: Array | None = None,
+    opts: DriftOptions | None = None,
+    mesh: Mesh | None = None,
+    *,
+    weights_pos: Array | None = None,
+    weights_neg: Array | None = None,
+    axis: str = 'data',
+) -> tuple[Array, dict[str, Array]]:
     """`drift_loss` with the field computed by `sharded_drift_field`.
 
     x [N, D] or [G, N, D] is differentiable; returns (scalar loss, stats) equal to the
     single-device `drift_loss`.
     """
     if mesh is None:
-        raise ValueError('sharded_drift_loss needs a mesh, e.g. jax.make_mesh((8,), '
-                         "('data',)).")
+        raise ValueError("sharded_drift_loss needs a mesh, e.g. jax.make_mesh((8,), ('data',)).")
     opts = opts or DriftOptions()
     sg = jax.lax.stop_gradient
     _, v, coord_scale, stats, grouped = _sharded_field_scaled(
-        sg(x), sg(y_pos), None if y_neg is None else sg(y_neg), weights_pos, weights_neg,
-        opts, mesh, axis)
+        sg(x),
+        sg(y_pos),
+        None if y_neg is None else sg(y_neg),
+        weights_pos,
+        weights_neg,
+        opts,
+        mesh,
+        axis,
+    )
     return driver.loss_from_field(x, v, coord_scale, stats, grouped)

@@ -32,8 +32,11 @@ def _override(config: ml_collections.ConfigDict, settings, keep: frozenset, path
         name = f'{path}{key}'
         if name in keep:
             continue
-        if isinstance(value, ml_collections.ConfigDict) and key in config and isinstance(
-                config[key], ml_collections.ConfigDict):
+        if (
+            isinstance(value, ml_collections.ConfigDict)
+            and key in config
+            and isinstance(config[key], ml_collections.ConfigDict)
+        ):
             _override(config[key], value, keep, name + '.')
         elif key not in config:
             raise ValueError(f'method_settings sets {name!r}, which the config does not have.')

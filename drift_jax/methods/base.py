@@ -81,8 +81,9 @@ class Method:
         """Adjusts a freshly initialised train state before step 1 (default: unchanged)."""
         return state
 
-    def sample(self, params: dict[str, Any], key: jax.Array, n: int, labels=None,
-               **options) -> np.ndarray:
+    def sample(
+        self, params: dict[str, Any], key: jax.Array, n: int, labels=None, **options
+    ) -> np.ndarray:
         """n samples in training coordinates ([n, D] points or [n, H, W, C] images)."""
         raise NotImplementedError
 

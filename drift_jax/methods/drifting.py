@@ -28,8 +28,14 @@ from drift_jax.models import image as image_models
 from drift_jax.models import mlp
 
 ENCODERS = ('none', 'mae')
-_IMAGE_COUNTS = ('classes_per_step', 'gen_per_class', 'pos_per_class', 'uncond_per_class',
-                 'bank_capacity', 'bank_push')
+_IMAGE_COUNTS = (
+    'classes_per_step',
+    'gen_per_class',
+    'pos_per_class',
+    'uncond_per_class',
+    'bank_capacity',
+    'bank_push',
+)
 
 
 def drift_loss_on_mesh(x, y_pos, y_neg, opts: field.DriftOptions, mesh, **weights):
@@ -74,16 +80,20 @@ class Drifting(Method):
             _positive_int(t.num_pos, 'train.num_pos')
             if config.model.init != 'default':
                 if config.data.name != 'bimodal':
-                    raise ValueError(f'model.init={config.model.init!r} is only defined for '
-                                     "data.name='bimodal'; use 'default'.")
+                    raise ValueError(
+                        f'model.init={config.model.init!r} is only defined for '
+                        "data.name='bimodal'; use 'default'."
+                    )
                 data.bimodal_init(config.model.init)
             return
         g = config.guidance
         for name in _IMAGE_COUNTS:
             _positive_int(t[name], f'train.{name}')
         if t.batch_size != t.classes_per_step * t.gen_per_class:
-            raise ValueError(f'train.batch_size={t.batch_size} must equal classes_per_step x '
-                             f'gen_per_class = {t.classes_per_step * t.gen_per_class}.')
+            raise ValueError(
+                f'train.batch_size={t.batch_size} must equal classes_per_step x '
+                f'gen_per_class = {t.classes_per_step * t.gen_per_class}.'
+            )
         if t.gen_per_class < 2:
             raise ValueError('train.gen_per_class must be >= 2 (samples repel each other).')
         if not g.alpha_max >= 1:
@@ -91,16 +101,22 @@ class Drifting(Method):
         if not config.eval.alpha >= 1:
             raise ValueError(f'eval.alpha must be >= 1, got {config.eval.alpha}.')
         if config.encoder.name not in ENCODERS:
-            raise ValueError(f'encoder.name={config.encoder.name!r} is unknown; choose one '
-                             f'of {ENCODERS}.')
+            raise ValueError(
+                f'encoder.name={config.encoder.name!r} is unknown; choose one of {ENCODERS}.'
+            )
         from drift_jax.methods import features
+
         unknown = set(config.encoder.feature_sets) - set(features.FEATURE_SET_KINDS)
         if unknown:
-            raise ValueError(f'encoder.feature_sets has unknown {sorted(unknown)}; choose from '
-                             f'{features.FEATURE_SET_KINDS}.')
+            raise ValueError(
+                f'encoder.feature_sets has unknown {sorted(unknown)}; choose from '
+                f'{features.FEATURE_SET_KINDS}.'
+            )
         if config.encoder.name == 'mae' and not config.encoder.workdir:
-            raise ValueError("encoder.name='mae' needs encoder.workdir, the workdir of a "
-                             'finished configs/mae_*.py run.')
+            raise ValueError(
+                "encoder.name='mae' needs encoder.workdir, the workdir of a "
+                'finished configs/mae_*.py run.'
+            )
 
     def __init__(self, config: ml_collections.ConfigDict, task: Any, mesh):
         super().__init__(config, task, mesh)
@@ -128,8 +144,9 @@ class Drifting(Method):
         k_noise, k_data = jax.random.split(key)
         cfg = self.config.train
         y_pos = self.task.draw(k_data, cfg.num_pos)
-        x = generate(self.model, params['generator'], k_noise, cfg.batch_size, self.noise_dim,
-                     self.mesh)
+        x = generate(
+            self.model, params['generator'], k_noise, cfg.batch_size, self.noise_dim, self.mesh
+        )
         loss, stats = drift_loss_on_mesh(x, y_pos, None, self.drift_options, self.mesh)
         return loss, (stats, extra)
 
@@ -137,18 +154,21 @@ class Drifting(Method):
 
     def _init_images(self) -> None:
         from drift_jax.methods import features
+
         config, task = self.config, self.task
         self.image_shape = tuple(task.image_shape)
         self.num_classes = task.num_classes
-        self.model = image_models.make_image_generator(config.model, self.image_shape,
-                                                       self.num_classes)
+        self.model = image_models.make_image_generator(
+            config.model, self.image_shape, self.num_classes
+        )
         self.noise_shape = tuple(self.model.noise_shape)
         self.encoder = features.load_frozen_encoder(config, self.image_shape)
         # With a frozen encoder the bank can hold the real images' features, computed once
         # when an image is pushed, instead of encoding every drawn positive and negative at
         # every step (same loss: the encoder never changes).
         self.bank_features = self.encoder is not None and bool(
-            config.encoder.get('bank_features', False))   # runs saved before it: images
+            config.encoder.get('bank_features', False)
+        )  # runs saved before it: images
         self.host_batch_size = int(config.train.bank_push)
         self._generate = jax.jit(self.generate_images)
 
@@ -176,17 +196,20 @@ class Drifting(Method):
         else:
             labels = jax.random.randint(k_lab, (n_c,), 0, self.num_classes)
         alpha = guidance.power_law_alpha(k_alpha, (n_c,), g.alpha_max, g.exponent)
-        x = self.generate_images(params['generator'], k_noise, jnp.repeat(labels, n_gen),
-                                 jnp.repeat(alpha, n_gen))
+        x = self.generate_images(
+            params['generator'], k_noise, jnp.repeat(labels, n_gen), jnp.repeat(alpha, n_gen)
+        )
         x = x.reshape(n_c, n_gen, *self.image_shape)
         y_pos = memory_bank.sample_pos(bank, k_pos, labels, t.pos_per_class)
         y_unc = jax.tree_util.tree_map(
             lambda a: a.reshape(n_c, t.uncond_per_class, *a.shape[1:]),
-            memory_bank.sample_uncond(bank, k_unc, n_c * t.uncond_per_class))
-        w_unc = guidance.cfg_negative_weight(alpha, n_gen, t.uncond_per_class)   # [G]
-        w_neg = jnp.concatenate([jnp.ones((n_c, n_gen)),
-                                 jnp.broadcast_to(w_unc[:, None], (n_c, t.uncond_per_class))],
-                                axis=1)
+            memory_bank.sample_uncond(bank, k_unc, n_c * t.uncond_per_class),
+        )
+        w_unc = guidance.cfg_negative_weight(alpha, n_gen, t.uncond_per_class)  # [G]
+        w_neg = jnp.concatenate(
+            [jnp.ones((n_c, n_gen)), jnp.broadcast_to(w_unc[:, None], (n_c, t.uncond_per_class))],
+            axis=1,
+        )
         loss, stats = self.image_drift_loss(x, y_pos, y_unc, w_neg)
         stats['alpha_mean'] = jnp.mean(alpha)
         return loss, (stats, bank)
@@ -199,14 +222,14 @@ class Drifting(Method):
         """
         opts = self.drift_options
         if self.encoder is None:
+
             def flat(a):
                 return a.reshape(a.shape[0], a.shape[1], -1)
+
             xf = flat(x)
             y_neg = jnp.concatenate([jax.lax.stop_gradient(xf), flat(y_unc)], axis=1)
-            return drift_loss_on_mesh(xf, flat(y_pos), y_neg, opts, self.mesh,
-                                      weights_neg=w_neg)
-        return self.encoder.loss(x, y_pos, y_unc, w_neg, opts,
-                                 real_are_features=self.bank_features)
+            return drift_loss_on_mesh(xf, flat(y_pos), y_neg, opts, self.mesh, weights_neg=w_neg)
+        return self.encoder.loss(x, y_pos, y_unc, w_neg, opts, real_are_features=self.bank_features)
 
     def warm_start(self, state):
         """Fills the memory bank before step 1 so no class starts empty (images)."""
@@ -215,8 +238,9 @@ class Drifting(Method):
         t, task = self.config.train, self.task
         per_class = task.data.per_class_index('train')
         rng = np.random.default_rng((t.seed, 0xBA2C))
-        idx = np.concatenate([rng.choice(ix, size=min(len(ix), t.bank_capacity), replace=False)
-                              for ix in per_class])
+        idx = np.concatenate(
+            [rng.choice(ix, size=min(len(ix), t.bank_capacity), replace=False) for ix in per_class]
+        )
         rng.shuffle(idx)
         push = jax.jit(lambda b, x, y: memory_bank.push(b, self.bank_entry(x), y))
         bank = state.extra
@@ -232,23 +256,33 @@ class Drifting(Method):
         if self.task.kind == 'points':
             return {'generator': self.model.init(key, jnp.zeros((1, self.noise_dim)))}, {}
         t = self.config.train
-        params = self.model.init(key, jnp.zeros((1, *self.noise_shape)),
-                                 jnp.zeros((1,), jnp.int32), jnp.ones((1,), jnp.float32))
+        params = self.model.init(
+            key,
+            jnp.zeros((1, *self.noise_shape)),
+            jnp.zeros((1,), jnp.int32),
+            jnp.ones((1,), jnp.float32),
+        )
         shape = self.image_shape
         if self.bank_features:
             probe = jax.ShapeDtypeStruct((1, *self.image_shape), jnp.float32)
-            shape = {k: v.shape[1:] for k, v in
-                     jax.eval_shape(self.encoder.features, probe).items()}
-        bank = memory_bank.init_bank(self.num_classes, t.bank_capacity, t.bank_capacity,
-                                     shape)
+            shape = {
+                k: v.shape[1:] for k, v in jax.eval_shape(self.encoder.features, probe).items()
+            }
+        bank = memory_bank.init_bank(self.num_classes, t.bank_capacity, t.bank_capacity, shape)
         return {'generator': params}, bank
 
     def updates(self) -> tuple[Update, ...]:
         loss = self._points_loss if self.task.kind == 'points' else self._images_loss
         return (Update('generator', loss),)
 
-    def sample(self, params: dict[str, Any], key: jax.Array, n: int, labels=None,
-               alpha: float | None = None) -> np.ndarray:
+    def sample(
+        self,
+        params: dict[str, Any],
+        key: jax.Array,
+        n: int,
+        labels=None,
+        alpha: float | None = None,
+    ) -> np.ndarray:
         """n samples in training coordinates. Images: labels [n] (default: cycling over the
         classes) and guidance scale alpha >= 1 (default `eval.alpha`)."""
         gen = params['generator']
@@ -257,14 +291,16 @@ class Drifting(Method):
                 raise ValueError('labels and alpha apply to image data only.')
             return np.asarray(_generate_jit(self.model, gen, key, n, self.noise_dim))
         from drift_jax.tasks.images import check_labels
+
         labels = check_labels(labels, n, self.num_classes)
         alpha = self.config.eval.alpha if alpha is None else alpha
         if not alpha >= 1:
             raise ValueError(f'alpha must be >= 1, got {alpha}.')
         out = []
         for start in range(0, n, 1000):
-            lab = jnp.asarray(labels[start:start + 1000])
-            x = self._generate(gen, jax.random.fold_in(key, start), lab,
-                               jnp.full(lab.shape, alpha, jnp.float32))
+            lab = jnp.asarray(labels[start : start + 1000])
+            x = self._generate(
+                gen, jax.random.fold_in(key, start), lab, jnp.full(lab.shape, alpha, jnp.float32)
+            )
             out.append(np.asarray(x))
         return np.concatenate(out)

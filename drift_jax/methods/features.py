@@ -20,8 +20,7 @@ from drift_jax.models.encoders import ResNetEncoder
 Array = jax.Array
 
 # Kinds of feature sets `feature_sets` can build (names for its `include` argument).
-FEATURE_SET_KINDS: tuple[str, ...] = ('locations', 'global', 'patch2', 'patch4', 'raw',
-                                      'energy')
+FEATURE_SET_KINDS: tuple[str, ...] = ('locations', 'global', 'patch2', 'patch4', 'raw', 'energy')
 DEFAULT_FEATURE_SETS: tuple[str, ...] = FEATURE_SET_KINDS
 # Variance floor under the std's square root: keeps d(std) finite for constant windows
 # (zero-padded backgrounds); sqrt(1e-8) = 1e-4 is far below feature magnitudes (~1).
@@ -43,7 +42,7 @@ def patch_stats(fmap: Array, k: int) -> tuple[Array, Array]:
     """
     b, h, w, c = fmap.shape
     hk, wk = h // k, w // k
-    patches = fmap[:, :hk * k, :wk * k].reshape(b, hk, k, wk, k, c)
+    patches = fmap[:, : hk * k, : wk * k].reshape(b, hk, k, wk, k, c)
     mean = jnp.mean(patches, axis=(2, 4)).reshape(b, hk * wk, c)
     std = robust_std(patches, (2, 4)).reshape(b, hk * wk, c)
     return mean, std
@@ -85,8 +84,7 @@ def feature_sets(
     include = tuple(include)
     unknown = [k for k in include if k not in FEATURE_SET_KINDS]
     if unknown:
-        raise ValueError(f'Unknown feature set kind(s) {unknown}; choose from '
-                         f'{FEATURE_SET_KINDS}.')
+        raise ValueError(f'Unknown feature set kind(s) {unknown}; choose from {FEATURE_SET_KINDS}.')
     batch = None
     for s, fmap in enumerate(block_maps):
         if fmap.ndim != 4:
@@ -150,8 +148,9 @@ def to_token_groups(feat: Array, name: str, role: str) -> Array:
     if feat.ndim == 3:
         feat = feat[None]
     if feat.ndim != 4:
-        raise ValueError(f'{role}[{name!r}] must be [N, T, D] or [G, N, T, D]; got shape '
-                         f'{feat.shape}.')
+        raise ValueError(
+            f'{role}[{name!r}] must be [N, T, D] or [G, N, T, D]; got shape {feat.shape}.'
+        )
     return jnp.swapaxes(feat, 1, 2)
 
 
@@ -199,8 +198,10 @@ def feature_drift_loss(
     """
     opts = opts or field.DriftOptions()
     if not opts.scale_dist:
-        raise ValueError('feature_drift_loss needs opts.scale_dist=True: each feature set '
-                         'is normalised by its own distance scale.')
+        raise ValueError(
+            'feature_drift_loss needs opts.scale_dist=True: each feature set '
+            'is normalised by its own distance scale.'
+        )
     if not gen_feats:
         raise ValueError('gen_feats is empty; give at least one feature set.')
     names = list(gen_feats)
@@ -210,8 +211,9 @@ def feature_drift_loss(
         missing = [k for k in names if k not in other]
         extra = [k for k in other if k not in gen_feats]
         if missing or extra:
-            raise ValueError(f'{role} must have the sets of gen_feats; missing {missing}, '
-                             f'unexpected {extra}.')
+            raise ValueError(
+                f'{role} must have the sets of gen_feats; missing {missing}, unexpected {extra}.'
+            )
     total = jnp.zeros((), jnp.float32)
     metrics: dict[str, Array] = {}
     for name in names:
@@ -221,13 +223,18 @@ def feature_drift_loss(
         y_neg = None if neg_feats is None else to_token_groups(neg_feats[name], name, 'neg_feats')
         for role, y in (('pos_feats', y_pos), ('neg_feats', y_neg)):
             if y is not None and (y.shape[0], y.shape[1], y.shape[3]) != (g, t, d):
-                raise ValueError(f'{role}[{name!r}] has groups/tokens/dim {y.shape[0]}, '
-                                 f'{y.shape[1]}, {y.shape[3]}; gen_feats has {g}, {t}, {d}.')
+                raise ValueError(
+                    f'{role}[{name!r}] has groups/tokens/dim {y.shape[0]}, '
+                    f'{y.shape[1]}, {y.shape[3]}; gen_feats has {g}, {t}, {d}.'
+                )
         loss, stats = field.drift_loss(
-            x.reshape(g * t, n, d), y_pos.reshape(g * t, -1, d),
-            None if y_neg is None else y_neg.reshape(g * t, -1, d), opts,
+            x.reshape(g * t, n, d),
+            y_pos.reshape(g * t, -1, d),
+            None if y_neg is None else y_neg.reshape(g * t, -1, d),
+            opts,
             weights_pos=expand_weights(weights_pos, t),
-            weights_neg=expand_weights(weights_neg, t))
+            weights_neg=expand_weights(weights_neg, t),
+        )
         total = total + loss
         metrics[f'{name}/loss'] = loss
         for k, v in stats.items():
@@ -248,8 +255,7 @@ class FrozenEncoder:
 
     def features(self, images):
         """Feature sets of images [B, H, W, C]: dict name -> [B, T, D]."""
-        return extract_feature_sets(self.encoder, self.params, images,
-                                             include=self.feature_sets)
+        return extract_feature_sets(self.encoder, self.params, images, include=self.feature_sets)
 
     def loss(self, x, y_pos, y_unc, w_neg, opts, real_are_features: bool = False):
         """Sum over feature sets of the drifting loss.
@@ -266,14 +272,15 @@ class FrozenEncoder:
         flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731
 
         def grouped(a):
-            return {k: v.reshape(g, a.shape[1], *v.shape[1:])
-                    for k, v in self.features(flat(a)).items()}
+            return {
+                k: v.reshape(g, a.shape[1], *v.shape[1:]) for k, v in self.features(flat(a)).items()
+            }
 
         gen = grouped(x)
         pos, unc = (y_pos, y_unc) if real_are_features else (grouped(y_pos), grouped(y_unc))
         neg = {k: jnp.concatenate([jax.lax.stop_gradient(gen[k]), unc[k]], axis=1) for k in gen}
         loss, stats = feature_drift_loss(gen, pos, neg, opts, weights_neg=w_neg)
-        keep = {k: v for k, v in stats.items() if '/' not in k}   # per-set stats: too many
+        keep = {k: v for k, v in stats.items() if '/' not in k}  # per-set stats: too many
         return loss, keep
 
 
@@ -282,23 +289,32 @@ def load_frozen_encoder(config: ml_collections.ConfigDict, image_shape) -> Froze
     if config.encoder.name == 'none':
         return None
     from drift_jax import train
+
     workdir = config.encoder.workdir
     path = os.path.join(workdir, 'config.json')
     if not os.path.exists(path):
-        raise FileNotFoundError(f'encoder.workdir={workdir!r} has no config.json: train the '
-                                'encoder first (python -m drift_jax.main '
-                                '--config=configs/mae_mnist.py --workdir=...).')
+        raise FileNotFoundError(
+            f'encoder.workdir={workdir!r} has no config.json: train the '
+            'encoder first (python -m drift_jax.main '
+            '--config=configs/mae_mnist.py --workdir=...).'
+        )
     with open(path) as f:
         enc_cfg = json.load(f)
     kind = 'mae' if enc_cfg.get('task') == 'mae' else enc_cfg.get('method', 'drifting')
     if kind != 'mae' or enc_cfg['data']['name'] != config.data.name:
-        raise ValueError(f'encoder.workdir={workdir!r} holds a {kind!r} run on '
-                         f'{enc_cfg["data"]["name"]!r}; expected an MAE run on '
-                         f'{config.data.name!r}.')
+        raise ValueError(
+            f'encoder.workdir={workdir!r} holds a {kind!r} run on '
+            f'{enc_cfg["data"]["name"]!r}; expected an MAE run on '
+            f'{config.data.name!r}.'
+        )
     run, state, _ = train.load_run(workdir)
     if tuple(run.method.image_shape) != tuple(image_shape):
-        raise ValueError(f'The encoder in {workdir!r} was trained on images of shape '
-                         f'{run.method.image_shape}, not {tuple(image_shape)}.')
-    return FrozenEncoder(run.method.model.encoder,
-                         state.ema_params['mae']['params']['encoder'],
-                         tuple(config.encoder.feature_sets))
+        raise ValueError(
+            f'The encoder in {workdir!r} was trained on images of shape '
+            f'{run.method.image_shape}, not {tuple(image_shape)}.'
+        )
+    return FrozenEncoder(
+        run.method.model.encoder,
+        state.ema_params['mae']['params']['encoder'],
+        tuple(config.encoder.feature_sets),
+    )

@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 
 
-def power_law_alpha(key: jax.Array, shape: Sequence[int], alpha_max: float,
-                    exponent: float = 1.0) -> jax.Array:
+def power_law_alpha(
+    key: jax.Array, shape: Sequence[int], alpha_max: float, exponent: float = 1.0
+) -> jax.Array:
     """Guidance scales alpha in [1, alpha_max] with density p(alpha) ∝ alpha^(-exponent).
 
     Inverse CDF with u ~ U[0, 1) and s = exponent:

@@ -26,11 +26,14 @@ class MAE(Method):
     @staticmethod
     def validate(config: ml_collections.ConfigDict, task_kind: str) -> None:
         if task_kind != 'images':
-            raise ValueError("method='mae' trains an image encoder; use an image config "
-                             '(configs/mae_digits.py, configs/mae_mnist.py).')
+            raise ValueError(
+                "method='mae' trains an image encoder; use an image config "
+                '(configs/mae_digits.py, configs/mae_mnist.py).'
+            )
         if 'mae' not in config:
-            raise ValueError("method='mae' needs a config.mae block; start from "
-                             'configs/mae_digits.py.')
+            raise ValueError(
+                "method='mae' needs a config.mae block; start from configs/mae_digits.py."
+            )
         if not 0 < config.mae.mask_ratio < 1:
             raise ValueError(f'mae.mask_ratio must be in (0, 1), got {config.mae.mask_ratio}.')
         stride = config.mae.get('stem_stride', 1)
@@ -41,10 +44,13 @@ class MAE(Method):
         super().__init__(config, task, mesh)
         self.image_shape = tuple(task.image_shape)
         m = config.mae
-        self.model = encoders.make_mae(self.image_shape[-1], widths=tuple(m.widths),
-                                       blocks_per_stage=m.blocks_per_stage,
-                                       decoder_width=m.decoder_width,
-                                       stem_stride=m.get('stem_stride', 1))
+        self.model = encoders.make_mae(
+            self.image_shape[-1],
+            widths=tuple(m.widths),
+            blocks_per_stage=m.blocks_per_stage,
+            decoder_width=m.decoder_width,
+            stem_stride=m.get('stem_stride', 1),
+        )
         self.host_batch_size = int(config.train.batch_size)
         self._eval_loss = None
 
@@ -53,8 +59,9 @@ class MAE(Method):
 
     def _loss(self, params, extra, key, batch):
         m = self.config.mae
-        loss, stats = encoders.mae_loss(params['mae']['params'], self.model, batch['images'],
-                                        key, m.mask_ratio, m.patch_size)
+        loss, stats = encoders.mae_loss(
+            params['mae']['params'], self.model, batch['images'], key, m.mask_ratio, m.patch_size
+        )
         return loss, (dict(stats), extra)
 
     def updates(self) -> tuple[Update, ...]:
@@ -68,9 +75,12 @@ class MAE(Method):
         if self._eval_loss is None:
             data = self.task.data
             split = 'test' if 'test' in data.info.split_sizes else 'validation'
-            images = data.class_arrays(split)[0][:self.config.eval.num_samples]
+            images = data.class_arrays(split)[0][: self.config.eval.num_samples]
             m = self.config.mae
             key = jax.random.PRNGKey(self.config.train.seed)
-            self._eval_loss = jax.jit(lambda p: encoders.mae_loss(
-                p, self.model, images, key, m.mask_ratio, m.patch_size)[0])
+            self._eval_loss = jax.jit(
+                lambda p: encoders.mae_loss(p, self.model, images, key, m.mask_ratio, m.patch_size)[
+                    0
+                ]
+            )
         return {'mae_test_loss': float(self._eval_loss(params['mae']['params']))}

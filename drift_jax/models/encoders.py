@@ -33,14 +33,23 @@ class ResidualBlock(nn.Module):
     def __call__(self, x: Array) -> Array:
         h = x
         for i in range(2):
-            h = GroupNorm(num_groups=num_groups(h.shape[-1], self.norm_groups),
-                          dtype=self.dtype, name=f'norm_{i}')(h)
+            h = GroupNorm(
+                num_groups=num_groups(h.shape[-1], self.norm_groups),
+                dtype=self.dtype,
+                name=f'norm_{i}',
+            )(h)
             stride = self.stride if i == 0 else 1
-            h = nn.Conv(self.channels, (3, 3), strides=(stride, stride), dtype=self.dtype,
-                        name=f'conv_{i}')(nn.silu(h))
+            h = nn.Conv(
+                self.channels, (3, 3), strides=(stride, stride), dtype=self.dtype, name=f'conv_{i}'
+            )(nn.silu(h))
         if x.shape[-1] != self.channels or self.stride != 1:
-            x = nn.Conv(self.channels, (1, 1), strides=(self.stride, self.stride),
-                        dtype=self.dtype, name='skip')(x)
+            x = nn.Conv(
+                self.channels,
+                (1, 1),
+                strides=(self.stride, self.stride),
+                dtype=self.dtype,
+                name='skip',
+            )(x)
         return x + h
 
 
@@ -80,14 +89,20 @@ class ResNetEncoder(nn.Module):
             raise ValueError(f'ResNetEncoder expects images [B, H, W, C]; got shape {x.shape}.')
         if not self.widths:
             raise ValueError('ResNetEncoder.widths is empty; give at least one stage width.')
-        h = nn.Conv(self.widths[0], (3, 3), strides=(self.stem_stride, self.stem_stride),
-                    dtype=self.dtype, name='stem')(x.astype(self.dtype))
+        h = nn.Conv(
+            self.widths[0],
+            (3, 3),
+            strides=(self.stem_stride, self.stem_stride),
+            dtype=self.dtype,
+            name='stem',
+        )(x.astype(self.dtype))
         maps = []
         for s, width in enumerate(self.widths):
             for b in range(self.blocks_per_stage):
                 stride = 2 if (s > 0 and b == 0) else 1
-                h = ResidualBlock(width, stride, self.norm_groups, self.dtype,
-                                  name=f'stage{s}_block{b}')(h)
+                h = ResidualBlock(
+                    width, stride, self.norm_groups, self.dtype, name=f'stage{s}_block{b}'
+                )(h)
             maps.append(h)
         return maps if return_blocks else maps[-1]
 
@@ -152,12 +167,14 @@ def _check_mask_args(image_shape: Sequence[int], mask_ratio: float, patch_size: 
         raise ValueError(
             f'mask_ratio={mask_ratio} masks {num_masked} of {num_patches} patches of size '
             f'{patch_size} on {image_shape[1]}x{image_shape[2]} images; need at least one '
-            'masked and one visible patch (use smaller patches or another ratio).')
+            'masked and one visible patch (use smaller patches or another ratio).'
+        )
     return num_masked
 
 
-def random_patch_mask(key: Array, image_shape: Sequence[int], mask_ratio: float,
-                      patch_size: int) -> Array:
+def random_patch_mask(
+    key: Array, image_shape: Sequence[int], mask_ratio: float, patch_size: int
+) -> Array:
     """Random patch mask as pixels: float32 [B, H, W, 1], 1 on masked pixels.
 
     The image is cut into a ceil(H / p) x ceil(W / p) grid of p x p patches (the last row
@@ -174,8 +191,14 @@ def random_patch_mask(key: Array, image_shape: Sequence[int], mask_ratio: float,
     return pixels[:, :height, :width, None]
 
 
-def mae_loss(params: Any, module: MAE, images: Array, key: Array, mask_ratio: float = 0.6,
-             patch_size: int = 2) -> tuple[Array, dict[str, Array]]:
+def mae_loss(
+    params: Any,
+    module: MAE,
+    images: Array,
+    key: Array,
+    mask_ratio: float = 0.6,
+    patch_size: int = 2,
+) -> tuple[Array, dict[str, Array]]:
     """MAE loss: mean squared error of the reconstruction on the masked pixels.
 
     Pure: jit it with `module`, `mask_ratio` and `patch_size` static
@@ -209,12 +232,21 @@ def mae_loss(params: Any, module: MAE, images: Array, key: Array, mask_ratio: fl
     return loss, metrics
 
 
-def make_mae(channels: int, *, widths: Sequence[int] = (32, 64, 128), blocks_per_stage: int = 2,
-             decoder_width: int = 64, decoder_skips: bool = False, stem_stride: int = 1) -> MAE:
+def make_mae(
+    channels: int,
+    *,
+    widths: Sequence[int] = (32, 64, 128),
+    blocks_per_stage: int = 2,
+    decoder_width: int = 64,
+    decoder_skips: bool = False,
+    stem_stride: int = 1,
+) -> MAE:
     """The MAE module over images with `channels` channels (ResNet encoder + decoder)."""
     if int(stem_stride) != stem_stride or stem_stride < 1:
         raise ValueError(f'stem_stride must be a positive integer; got {stem_stride!r}.')
-    encoder = ResNetEncoder(widths=tuple(widths), blocks_per_stage=blocks_per_stage,
-                            stem_stride=int(stem_stride))
-    return MAE(encoder=encoder, channels=channels, decoder_width=decoder_width,
-               decoder_skips=decoder_skips)
+    encoder = ResNetEncoder(
+        widths=tuple(widths), blocks_per_stage=blocks_per_stage, stem_stride=int(stem_stride)
+    )
+    return MAE(
+        encoder=encoder, channels=channels, decoder_width=decoder_width, decoder_skips=decoder_skips
+    )

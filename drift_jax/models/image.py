@@ -61,8 +61,7 @@ class FiLMResBlock(nn.Module):
     def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
         h = x
         for i in range(2):
-            h = GroupNorm(num_groups=num_groups(h.shape[-1]), dtype=self.dtype,
-                          name=f'norm_{i}')(h)
+            h = GroupNorm(num_groups=num_groups(h.shape[-1]), dtype=self.dtype, name=f'norm_{i}')(h)
             film = nn.Dense(2 * h.shape[-1], dtype=self.dtype, name=f'film_{i}')(nn.silu(cond))
             scale, shift = jnp.split(film[:, None, None, :], 2, axis=-1)
             h = nn.silu(h * (1 + scale) + shift)
@@ -83,9 +82,9 @@ def conv_start_size(image_shape: Sequence[int]) -> tuple[int, int, int]:
     while start_h % 2 == 0 and start_h > 4:
         start_h //= 2
         ups += 1
-    if w % (2 ** ups):
+    if w % (2**ups):
         raise ValueError(f'image width {w} must be divisible by 2**{ups} (from height {h}).')
-    return start_h, w // 2 ** ups, ups
+    return start_h, w // 2**ups, ups
 
 
 class ConvGenerator(nn.Module):
@@ -116,13 +115,14 @@ class ConvGenerator(nn.Module):
         return (self.noise_dim,)
 
     def _channels(self, to_go: int) -> int:
-        return self.base_channels * min(2 ** to_go, self.max_channel_mult)
+        return self.base_channels * min(2**to_go, self.max_channel_mult)
 
     @nn.compact
     def __call__(self, noise: jax.Array, labels: jax.Array, alpha: jax.Array) -> jax.Array:
         start_h, start_w, ups = conv_start_size(self.image_shape)
-        cond = ConditionEmbedding(self.num_classes, self.cond_dim, dtype=self.dtype,
-                                  name='cond')(labels, alpha)
+        cond = ConditionEmbedding(self.num_classes, self.cond_dim, dtype=self.dtype, name='cond')(
+            labels, alpha
+        )
         ch = self._channels(ups)
         h = jnp.concatenate([noise.astype(self.dtype), cond], axis=-1)
         h = nn.Dense(start_h * start_w * ch, dtype=self.dtype, name='stem')(h)
@@ -134,10 +134,12 @@ class ConvGenerator(nn.Module):
             if level < ups:
                 b, hh, ww, c = h.shape
                 h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), 'nearest')
-                h = nn.Conv(self._channels(ups - level - 1), (3, 3), dtype=self.dtype,
-                            name=f'up_{level}')(h)
-        h = nn.silu(GroupNorm(num_groups=num_groups(h.shape[-1]), dtype=self.dtype,
-                              name='out_norm')(h))
+                h = nn.Conv(
+                    self._channels(ups - level - 1), (3, 3), dtype=self.dtype, name=f'up_{level}'
+                )(h)
+        h = nn.silu(
+            GroupNorm(num_groups=num_groups(h.shape[-1]), dtype=self.dtype, name='out_norm')(h)
+        )
         h = nn.Conv(int(self.image_shape[2]), (3, 3), dtype=self.dtype, name='out_conv')(h)
         h = h.astype(jnp.float32)
         return jnp.tanh(h) if self.tanh_output else h
@@ -162,18 +164,18 @@ class DiTBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
-        mod = nn.Dense(6 * self.hidden, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                       name='adaln')(nn.silu(cond))
+        mod = nn.Dense(
+            6 * self.hidden, kernel_init=nn.initializers.zeros, dtype=self.dtype, name='adaln'
+        )(nn.silu(cond))
         shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
-        ln = lambda name: nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype,
-                                       name=name)
+        ln = lambda name: nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name=name)
         h = _modulate(ln('norm_1')(x), shift1, scale1)
-        h = nn.MultiHeadDotProductAttention(num_heads=self.heads, dtype=self.dtype,
-                                            name='attn')(h, h)
+        h = nn.MultiHeadDotProductAttention(num_heads=self.heads, dtype=self.dtype, name='attn')(
+            h, h
+        )
         x = x + gate1[:, None, :] * h
         h = _modulate(ln('norm_2')(x), shift2, scale2)
-        h = nn.gelu(nn.Dense(int(self.hidden * self.mlp_ratio), dtype=self.dtype,
-                             name='mlp_0')(h))
+        h = nn.gelu(nn.Dense(int(self.hidden * self.mlp_ratio), dtype=self.dtype, name='mlp_0')(h))
         h = nn.Dense(self.hidden, dtype=self.dtype, name='mlp_1')(h)
         return x + gate2[:, None, :] * h
 
@@ -206,12 +208,14 @@ class DiTGenerator(nn.Module):
     @property
     def grid(self) -> tuple[int, int]:
         """Patches along height and width."""
-        return (int(self.image_shape[0]) // self.patch_size,
-                int(self.image_shape[1]) // self.patch_size)
+        return (
+            int(self.image_shape[0]) // self.patch_size,
+            int(self.image_shape[1]) // self.patch_size,
+        )
 
     @property
     def patch_dim(self) -> int:
-        return self.patch_size ** 2 * int(self.image_shape[2])
+        return self.patch_size**2 * int(self.image_shape[2])
 
     @property
     def noise_shape(self) -> tuple[int, ...]:
@@ -223,23 +227,25 @@ class DiTGenerator(nn.Module):
     def __call__(self, noise: jax.Array, labels: jax.Array, alpha: jax.Array) -> jax.Array:
         gh, gw = self.grid
         num_patches = gh * gw
-        cond = ConditionEmbedding(self.num_classes, self.hidden, dtype=self.dtype,
-                                  name='cond')(labels, alpha)
+        cond = ConditionEmbedding(self.num_classes, self.hidden, dtype=self.dtype, name='cond')(
+            labels, alpha
+        )
         pos_init = nn.initializers.normal(0.02)
         noise = noise.astype(self.dtype)
         x = nn.Dense(self.hidden, dtype=self.dtype, name='patch_embed')(noise[:, :num_patches])
         x = x + self.param('pos_embed', pos_init, (num_patches, self.hidden))
         if self.num_style_tokens:
-            s = nn.Dense(self.hidden, dtype=self.dtype, name='style_embed')(
-                noise[:, num_patches:])
+            s = nn.Dense(self.hidden, dtype=self.dtype, name='style_embed')(noise[:, num_patches:])
             s = s + self.param('style_pos_embed', pos_init, (self.num_style_tokens, self.hidden))
             x = jnp.concatenate([x, s], axis=1)
         for i in range(self.depth):
-            x = DiTBlock(self.hidden, self.heads, self.mlp_ratio, dtype=self.dtype,
-                         name=f'block_{i}')(x, cond)
+            x = DiTBlock(
+                self.hidden, self.heads, self.mlp_ratio, dtype=self.dtype, name=f'block_{i}'
+            )(x, cond)
         x = x[:, :num_patches]
-        mod = nn.Dense(2 * self.hidden, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                       name='final_adaln')(nn.silu(cond))
+        mod = nn.Dense(
+            2 * self.hidden, kernel_init=nn.initializers.zeros, dtype=self.dtype, name='final_adaln'
+        )(nn.silu(cond))
         shift, scale = jnp.split(mod, 2, axis=-1)
         x = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name='final_norm')(x)
         x = nn.Dense(self.patch_dim, dtype=self.dtype, name='out')(_modulate(x, shift, scale))
@@ -275,8 +281,9 @@ class MLPImageGenerator(nn.Module):
 
     @nn.compact
     def __call__(self, noise: jax.Array, labels: jax.Array, alpha: jax.Array) -> jax.Array:
-        cond = ConditionEmbedding(self.num_classes, self.cond_dim, dtype=self.dtype,
-                                  name='cond')(labels, alpha)
+        cond = ConditionEmbedding(self.num_classes, self.cond_dim, dtype=self.dtype, name='cond')(
+            labels, alpha
+        )
         h = jnp.concatenate([noise.astype(self.dtype), cond], axis=-1)
         h = nn.Dense(self.hidden, dtype=self.dtype, name='stem')(h)
         for i in range(self.depth):
@@ -299,9 +306,9 @@ def _positive_int(model_config: Any, field: str, default: int) -> int:
     return value
 
 
-def make_image_generator(model_config: Any, image_shape: Sequence[int],
-                         num_classes: int
-                         ) -> ConvGenerator | DiTGenerator | MLPImageGenerator:
+def make_image_generator(
+    model_config: Any, image_shape: Sequence[int], num_classes: int
+) -> ConvGenerator | DiTGenerator | MLPImageGenerator:
     """Builds the image generator named by `model_config.name` ('conv', 'dit' or 'mlp').
 
     Fields read (missing ones take the module defaults): conv: noise_dim, base_channels,
@@ -311,8 +318,9 @@ def make_image_generator(model_config: Any, image_shape: Sequence[int],
     """
     name = model_config.get('name', None)
     if name not in IMAGE_MODEL_NAMES:
-        raise ValueError(f'model.name={name!r} is unknown for images; choose one of '
-                         f'{IMAGE_MODEL_NAMES}.')
+        raise ValueError(
+            f'model.name={name!r} is unknown for images; choose one of {IMAGE_MODEL_NAMES}.'
+        )
     given = image_shape
     try:  # Accept NumPy integers too (shapes read from dataset metadata).
         image_shape = tuple(operator.index(s) for s in image_shape)
@@ -327,38 +335,51 @@ def make_image_generator(model_config: Any, image_shape: Sequence[int],
     if name == 'conv':
         conv_start_size(image_shape)  # Raises for an incompatible width.
         return ConvGenerator(
-            image_shape=image_shape, num_classes=num_classes,
+            image_shape=image_shape,
+            num_classes=num_classes,
             noise_dim=_positive_int(model_config, 'noise_dim', 64),
             base_channels=_positive_int(model_config, 'base_channels', 64),
             num_res_blocks=_positive_int(model_config, 'num_res_blocks', 1),
             max_channel_mult=_positive_int(model_config, 'max_channel_mult', 4),
             cond_dim=_positive_int(model_config, 'cond_dim', 128),
-            tanh_output=tanh_output)
+            tanh_output=tanh_output,
+        )
     if name == 'mlp':
         return MLPImageGenerator(
-            image_shape=image_shape, num_classes=num_classes,
+            image_shape=image_shape,
+            num_classes=num_classes,
             noise_dim=_positive_int(model_config, 'noise_dim', 64),
             hidden=_positive_int(model_config, 'hidden', 512),
             depth=_positive_int(model_config, 'depth', 3),
             cond_dim=_positive_int(model_config, 'cond_dim', 128),
-            tanh_output=tanh_output)
+            tanh_output=tanh_output,
+        )
     patch_size = _positive_int(model_config, 'patch_size', 4)
     hidden = _positive_int(model_config, 'hidden', 256)
     heads = _positive_int(model_config, 'heads', 4)
     depth = _positive_int(model_config, 'depth', 6)
     if image_shape[0] % patch_size or image_shape[1] % patch_size:
-        raise ValueError(f'model.patch_size={patch_size} must divide the image size '
-                         f'{image_shape[:2]}.')
+        raise ValueError(
+            f'model.patch_size={patch_size} must divide the image size {image_shape[:2]}.'
+        )
     if hidden % heads:
         raise ValueError(f'model.hidden={hidden} must be divisible by model.heads={heads}.')
     num_style_tokens = model_config.get('num_style_tokens', 0)
     if not isinstance(num_style_tokens, int) or num_style_tokens < 0:
-        raise ValueError(f'model.num_style_tokens must be a non-negative integer, got '
-                         f'{num_style_tokens!r}.')
+        raise ValueError(
+            f'model.num_style_tokens must be a non-negative integer, got {num_style_tokens!r}.'
+        )
     mlp_ratio = model_config.get('mlp_ratio', 4.0)
     if not mlp_ratio > 0:
         raise ValueError(f'model.mlp_ratio must be positive, got {mlp_ratio!r}.')
-    return DiTGenerator(image_shape=image_shape, num_classes=num_classes, patch_size=patch_size,
-                        hidden=hidden, depth=depth, heads=heads,
-                        num_style_tokens=num_style_tokens, mlp_ratio=float(mlp_ratio),
-                        tanh_output=tanh_output)
+    return DiTGenerator(
+        image_shape=image_shape,
+        num_classes=num_classes,
+        patch_size=patch_size,
+        hidden=hidden,
+        depth=depth,
+        heads=heads,
+        num_style_tokens=num_style_tokens,
+        mlp_ratio=float(mlp_ratio),
+        tanh_output=tanh_output,
+    )

@@ -43,8 +43,9 @@ class GroupNorm(nn.Module):
         per = c // self.num_groups
         count = h * w * per
         mean = jnp.sum(xf, axis=(1, 2)).reshape(b, self.num_groups, per).sum(-1) / count
-        mean_sq = jnp.sum(jnp.square(xf), axis=(1, 2)).reshape(b, self.num_groups, per
-                                                               ).sum(-1) / count
+        mean_sq = (
+            jnp.sum(jnp.square(xf), axis=(1, 2)).reshape(b, self.num_groups, per).sum(-1) / count
+        )
         inv = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + self.epsilon)
         mean = jnp.repeat(mean, per, axis=1)[:, None, None, :]
         mul = (jnp.repeat(inv, per, axis=1) * scale)[:, None, None, :]

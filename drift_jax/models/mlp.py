@@ -38,25 +38,32 @@ class MLPGenerator(nn.Module):
         h = eps
         for i in range(self.depth):
             h = act(nn.Dense(self.width, name=f'hidden_{i}')(h))
-        offset = (jnp.zeros((self.out_dim,)) if self.out_offset is None
-                  else jnp.asarray(self.out_offset, jnp.float32))
-        kernel_init = nn.initializers.variance_scaling(self.out_scale ** 2, 'fan_in', 'normal')
-        return nn.Dense(self.out_dim, kernel_init=kernel_init,
-                        bias_init=lambda *_: offset, name='out')(h)
+        offset = (
+            jnp.zeros((self.out_dim,))
+            if self.out_offset is None
+            else jnp.asarray(self.out_offset, jnp.float32)
+        )
+        kernel_init = nn.initializers.variance_scaling(self.out_scale**2, 'fan_in', 'normal')
+        return nn.Dense(
+            self.out_dim, kernel_init=kernel_init, bias_init=lambda *_: offset, name='out'
+        )(h)
 
 
 def validate_model_config(model_config: Any) -> None:
     """Raises ValueError for an unknown model or a non-positive size, naming the value."""
     if model_config.name not in MODEL_NAMES:
-        raise ValueError(f'model.name={model_config.name!r} is unknown; choose one of '
-                         f'{MODEL_NAMES}.')
+        raise ValueError(
+            f'model.name={model_config.name!r} is unknown; choose one of {MODEL_NAMES}.'
+        )
     for field in ('noise_dim', 'width', 'depth'):
         value = model_config[field]
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f'model.{field} must be a positive integer, got {value!r}.')
     if model_config.activation not in ACTIVATIONS:
-        raise ValueError(f'model.activation={model_config.activation!r} is unknown; choose '
-                         f'one of {tuple(ACTIVATIONS)}.')
+        raise ValueError(
+            f'model.activation={model_config.activation!r} is unknown; choose '
+            f'one of {tuple(ACTIVATIONS)}.'
+        )
     if not model_config.out_scale > 0:
         raise ValueError(f'model.out_scale must be positive, got {model_config.out_scale}.')
 
@@ -64,7 +71,11 @@ def validate_model_config(model_config: Any) -> None:
 def make_generator(model_config: Any, out_dim: int, out_offset=None) -> nn.Module:
     """Builds the generator named by `model_config.name` for samples of size `out_dim`."""
     validate_model_config(model_config)
-    return MLPGenerator(out_dim=out_dim, width=model_config.width, depth=model_config.depth,
-                        activation=model_config.activation,
-                        out_offset=None if out_offset is None else tuple(out_offset),
-                        out_scale=float(model_config.out_scale))
+    return MLPGenerator(
+        out_dim=out_dim,
+        width=model_config.width,
+        depth=model_config.depth,
+        activation=model_config.activation,
+        out_offset=None if out_offset is None else tuple(out_offset),
+        out_scale=float(model_config.out_scale),
+    )

@@ -77,8 +77,10 @@ def check_labels(labels, n: int, num_classes: int) -> np.ndarray:
     labels = np.asarray(labels).astype(np.int64).reshape(-1)
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if bad.size:
-        raise ValueError(f'labels {sorted(set(bad.tolist()))[:10]} are outside the '
-                         f'{num_classes} classes [0, {num_classes - 1}].')
+        raise ValueError(
+            f'labels {sorted(set(bad.tolist()))[:10]} are outside the '
+            f'{num_classes} classes [0, {num_classes - 1}].'
+        )
     if labels.size != n:
         labels = np.resize(labels, n)
     return labels.astype(np.int32)
@@ -91,6 +93,7 @@ class ImageTaskEvaluator:
         import jax
 
         from drift_jax.eval import images as image_eval
+
         self.task = task
         cfg = task.config
         train_x, train_y = task.data.class_arrays('train')
@@ -98,12 +101,20 @@ class ImageTaskEvaluator:
         test_x, test_y = task.data.class_arrays(test_split)
         cache = os.path.join(task.data.data_dir, 'drift_jax_eval_cache')
         self.evaluator = image_eval.ImageEvaluator(
-            train_x, train_y, test_x, test_y, task.num_classes, seed=seed,
-            steps=cfg.eval.classifier_steps, cache_dir=cache)
+            train_x,
+            train_y,
+            test_x,
+            test_y,
+            task.num_classes,
+            seed=seed,
+            steps=cfg.eval.classifier_steps,
+            cache_dir=cache,
+        )
         self.key = jax.random.fold_in(jax.random.PRNGKey(seed), 0xE7A1)
 
-    def __call__(self, sampler: Sampler, step: int, sample_dir: str | None = None
-                 ) -> dict[str, float]:
+    def __call__(
+        self, sampler: Sampler, step: int, sample_dir: str | None = None
+    ) -> dict[str, float]:
         """Metrics of `sampler`'s images (labels cycling over classes); a grid per class."""
         cfg, task = self.task.config, self.task
         n = cfg.eval.num_samples
@@ -114,11 +125,14 @@ class ImageTaskEvaluator:
         out = self.evaluator(x01 * 2.0 - 1.0, labels)
         if sample_dir is not None:
             from drift_jax import plotting
+
             k = cfg.eval.grid_per_class
             order = np.argsort(labels, kind='stable')
-            grid = np.concatenate([x01[order][labels[order] == c][:k]
-                                   for c in range(task.num_classes)])
+            grid = np.concatenate(
+                [x01[order][labels[order] == c][:k] for c in range(task.num_classes)]
+            )
             os.makedirs(sample_dir, exist_ok=True)
-            plotting.image_grid(upscale(grid), os.path.join(sample_dir, f'step_{step:07d}.png'),
-                                nrow=k)
+            plotting.image_grid(
+                upscale(grid), os.path.join(sample_dir, f'step_{step:07d}.png'), nrow=k
+            )
         return out

@@ -39,8 +39,9 @@ class ToyTask:
             _positive_int(config.eval.draws, 'eval.draws')
         unknown = set(config.eval.get('extra_metrics', ())) - set(EXTRA_METRICS)
         if unknown:
-            raise ValueError(f'eval.extra_metrics has unknown {sorted(unknown)}; choose from '
-                             f'{EXTRA_METRICS}.')
+            raise ValueError(
+                f'eval.extra_metrics has unknown {sorted(unknown)}; choose from {EXTRA_METRICS}.'
+            )
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -87,8 +88,9 @@ class ToyEvaluator:
         self.gen_keys = list(jax.random.split(k_gen, draws))
         self.extra_key = jax.random.fold_in(base, 1)
         ds = task.dataset
-        self.references = [np.asarray(ds.sample(k, n, split='eval'))
-                           for k in jax.random.split(k_ref, draws)]
+        self.references = [
+            np.asarray(ds.sample(k, n, split='eval')) for k in jax.random.split(k_ref, draws)
+        ]
         self.reference = self.references[0]
         pool = np.asarray(ds.sample(k_floor, min(10000, max(2000, 2 * n)), split='eval'))
         self.floor = metrics.expected_energy_floor(pool, n, n)
@@ -96,15 +98,26 @@ class ToyEvaluator:
     def score(self, generated: list[np.ndarray]) -> dict[str, float]:
         """ED (mean over draws), floor and ratio of generated draws [eval.draws][n, D]."""
         if len(generated) != len(self.references):
-            raise ValueError(f'Expected {len(self.references)} generated draws, got '
-                             f'{len(generated)}.')
-        ed = float(np.mean([metrics.energy_distance(g, r, unbiased=False)
-                            for g, r in zip(generated, self.references, strict=True)]))
-        return {'energy_distance': ed, 'energy_floor': self.floor,
-                'energy_ratio': ed / max(self.floor, 1e-12)}
+            raise ValueError(
+                f'Expected {len(self.references)} generated draws, got {len(generated)}.'
+            )
+        ed = float(
+            np.mean(
+                [
+                    metrics.energy_distance(g, r, unbiased=False)
+                    for g, r in zip(generated, self.references, strict=True)
+                ]
+            )
+        )
+        return {
+            'energy_distance': ed,
+            'energy_floor': self.floor,
+            'energy_ratio': ed / max(self.floor, 1e-12),
+        }
 
-    def __call__(self, sampler: Sampler, step: int, sample_dir: str | None = None
-                 ) -> dict[str, float]:
+    def __call__(
+        self, sampler: Sampler, step: int, sample_dir: str | None = None
+    ) -> dict[str, float]:
         """Metrics of `sampler`'s draws; also plots samples over data into `sample_dir`."""
         cfg = self.task.config
         draws = [np.asarray(sampler(k, cfg.eval.num_samples)) for k in self.gen_keys]
@@ -116,16 +129,20 @@ class ToyEvaluator:
         if 'mmd' in extra:
             out['mmd'] = float(metrics.mmd_rbf(gen, self.reference))
         if 'sliced_wasserstein' in extra:
-            out['sliced_wasserstein'] = float(metrics.sliced_wasserstein(
-                gen, self.reference, self.extra_key))
+            out['sliced_wasserstein'] = float(
+                metrics.sliced_wasserstein(gen, self.reference, self.extra_key)
+            )
         if cfg.data.name == 'bimodal':
             f0, f1 = data.bimodal_mode_fractions(gen)
             out.update(mode_fraction_0=float(f0), mode_fraction_1=float(f1))
         if sample_dir is not None:
             from drift_jax import plotting
+
             k, to_user = cfg.eval.plot_points, self.task.to_user
             plotting.plot_samples(
-                os.path.join(sample_dir, f'step_{step:07d}.png'), to_user(gen[:k]),
+                os.path.join(sample_dir, f'step_{step:07d}.png'),
+                to_user(gen[:k]),
                 to_user(self.reference[:k]),
-                title=f'{cfg.data.name}, step {step}, ED/floor {out["energy_ratio"]:.2f}')
+                title=f'{cfg.data.name}, step {step}, ED/floor {out["energy_ratio"]:.2f}',
+            )
         return out
