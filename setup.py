@@ -38,5 +38,9 @@ setup(
             'jupyter_client>=8',
             'scipy>=1.11',
         ],
+        'docs': [
+            'sphinx>=7',
+            'myst-parser>=2',
+        ],
     },
 )

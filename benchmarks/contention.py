@@ -127,7 +127,7 @@ def _correlation(a: list[float], b: list[float]) -> float:
 def plot(rows: list[dict], path: str) -> str:
     """Two panels over the iterations: each kind's time over its own median, and the speed-up
     naive / blocked with the 3x line. Writes a PNG to path and returns path."""
-    fig = plotting._new_figure(figsize=(9, 5.2), dpi=110)
+    fig = plotting.new_figure(figsize=(9, 5.2), dpi=110)
     top, bottom = fig.subplots(2, 1, sharex=True)
     it = range(len(rows))
     for k in KINDS:
@@ -149,7 +149,7 @@ def plot(rows: list[dict], path: str) -> str:
     bottom.set_xlabel('iteration')
     bottom.legend(fontsize=7, loc='lower left')
     fig.tight_layout()
-    return plotting._save(fig, path)
+    return plotting.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> tuple[list[dict], dict]:

@@ -31,6 +31,8 @@ myst_heading_anchors = 3
 
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
+# 'Attributes:' sections as fields of their class (autodoc also lists dataclass fields).
+napoleon_use_ivar = True
 autodoc_member_order = 'bysource'
 autodoc_typehints = 'description'
 

@@ -21,17 +21,27 @@ if TYPE_CHECKING:
 __all__ = [
     'image_grid',
     'make_gif',
+    'new_figure',
     'plot_drift_field',
     'plot_metric_curve',
     'plot_samples',
     'save_drift_field',
+    'save_figure',
 ]
 
 Limits = tuple[float, float] | tuple[tuple[float, float], tuple[float, float]]
 
 
-def _new_figure(figsize: tuple[float, float] = (5.0, 5.0), dpi: int = 100) -> Figure:
-    """A standalone Agg-rendered figure that pyplot does not track (nothing to close)."""
+def new_figure(figsize: tuple[float, float] = (5.0, 5.0), dpi: int = 100) -> Figure:
+    """A standalone Agg-rendered figure that pyplot does not track (nothing to close).
+
+    Args:
+        figsize: ``(width, height)`` in inches.
+        dpi: pixels per inch; a saved PNG is ``figsize * dpi`` pixels (width x height).
+
+    Returns:
+        An empty ``matplotlib.figure.Figure``; add axes with ``fig.add_subplot``.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -40,8 +50,11 @@ def _new_figure(figsize: tuple[float, float] = (5.0, 5.0), dpi: int = 100) -> Fi
     return fig
 
 
-def _save(fig: Figure, path: str) -> str:
-    """Write ``fig`` as PNG to ``path`` (creating parent folders) and return ``path``."""
+def save_figure(fig: Figure, path: str) -> str:
+    """Write ``fig`` as PNG to ``path`` (creating parent folders) and return ``path``.
+
+    The figure is cleared afterwards (its artists are released); do not draw on it again.
+    """
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     fig.savefig(path, format='png')
@@ -126,7 +139,7 @@ def plot_samples(
         note = f'(first 2 of {d} dims)'
         title = f'{title} {note}' if title else note
     xlim, ylim = _square_limits((gen if ref is None else ref)[:, :2], limits)
-    fig = _new_figure()
+    fig = new_figure()
     ax = fig.add_subplot(1, 1, 1)
     if ref is not None:
         ax.scatter(
@@ -155,7 +168,7 @@ def plot_samples(
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_drift_field(
@@ -232,7 +245,7 @@ def save_drift_field(path: str, x: Any, v: Any, data: Any = None, title: str = '
     xs = _points(x, 'x')[:, :2]
     base = xs if data is None else np.concatenate([xs, _points(data, 'data')[:, :2]])
     xlim, ylim = _square_limits(base, None)
-    fig = _new_figure()
+    fig = new_figure()
     ax = fig.add_subplot(1, 1, 1)
     plot_drift_field(ax, x, v, data)
     ax.set_xlim(*xlim)
@@ -241,7 +254,7 @@ def save_drift_field(path: str, x: Any, v: Any, data: Any = None, title: str = '
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def make_gif(frame_paths: list[str], out_path: str, duration_ms: int = 400) -> str:
@@ -293,6 +306,7 @@ def plot_metric_curve(
     *,
     floor: float | None = None,
     ylabel: str = '',
+    title: str = '',
     log: bool = True,
 ) -> str:
     """Line plot of a metric against training step, with an optional noise-floor line.
@@ -307,7 +321,8 @@ def plot_metric_curve(
         values: metric values, ``[k]``.
         floor: draw a dashed horizontal line at this value (e.g. the metric between two
             data samples).
-        ylabel: y-axis label.
+        ylabel: y-axis label (and the curve's legend entry).
+        title: figure title.
         log: use a log-type y axis.
 
     Returns:
@@ -317,7 +332,7 @@ def plot_metric_curve(
     y = np.asarray(values, dtype=np.float64).reshape(-1)
     if s.shape != y.shape:
         raise ValueError(f'steps and values differ in length: {s.shape} vs {y.shape}')
-    fig = _new_figure(figsize=(6.0, 4.0))
+    fig = new_figure(figsize=(6.0, 4.0))
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(s, y, marker='o' if len(y) <= 50 else None, markersize=3, label=ylabel or 'metric')
     if floor is not None:
@@ -336,10 +351,12 @@ def plot_metric_curve(
     ax.set_xlabel('step')
     if ylabel:
         ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
     ax.grid(True, which='both', alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def image_grid(

@@ -1,4 +1,5 @@
-"""Side effects of a run: metrics.jsonl, TensorBoard events, config.json, progress bar, GIF.
+"""Side effects of a run: metrics.jsonl, TensorBoard events, config.json, progress bar, GIF,
+metric curve.
 
 Only process 0 writes (the trainer passes `enabled`); everything here is cheap and host-side.
 """
@@ -137,8 +138,66 @@ def progress_bar(total: int, initial: int, enabled: bool = True):
     )
 
 
-def finish_samples(sample_dir: str) -> str | None:
-    """Assembles the per-eval sample plots into `<sample_dir>/evolution.gif`."""
+#: Evaluation metrics plotted by `finish_samples`, in order of preference: the first one
+#: present in the run's eval events is drawn.
+HEADLINE_METRICS: tuple[str, ...] = ('energy_ratio', 'fd_ratio', 'mae_test_loss')
+#: Headline metrics that are ratios to their noise floor (1 = as close as a second data sample).
+RATIO_METRICS: tuple[str, ...] = ('energy_ratio', 'fd_ratio')
+
+
+def headline_metric(
+    events: list[dict[str, Any]],
+) -> tuple[str, list[int], list[float]] | None:
+    """The headline evaluation metric of a run's events (as from `read_metrics`).
+
+    Picks the first name of `HEADLINE_METRICS` that any event holds and returns
+    `(name, steps [k], values [k])` of the `k` events that hold it, in file order; None
+    when no event holds any of them.
+    """
+    for name in HEADLINE_METRICS:
+        rows = [e for e in events if isinstance(e.get(name), (int, float))]
+        if rows:
+            return name, [int(e['step']) for e in rows], [float(e[name]) for e in rows]
+    return None
+
+
+def plot_headline_metric(workdir: str, path: str) -> str | None:
+    """Draws the headline metric of `<workdir>/metrics.jsonl` over steps into the PNG `path`.
+
+    Ratio metrics (`RATIO_METRICS`) get their noise floor drawn at 1.0. Returns `path`, or
+    None when there is no metrics file or no event with a headline metric.
+    """
+    if not os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
+        return None
+    found = headline_metric(read_metrics(workdir))
+    if found is None:
+        return None
+    name, steps, values = found
+    from drift_jax import plotting
+
+    ratio = name in RATIO_METRICS
+    return plotting.plot_metric_curve(
+        path,
+        steps,
+        values,
+        floor=1.0 if ratio else None,
+        ylabel=name,
+        title=f'{name} (1 = as close as a second data sample)' if ratio else name,
+    )
+
+
+def finish_samples(sample_dir: str, workdir: str | None = None) -> str | None:
+    """Post-run pictures in `sample_dir`: the sample evolution GIF and the metric curve.
+
+    Assembles the per-eval sample plots `step_*.png` into `<sample_dir>/evolution.gif`.
+    With `workdir`, also draws the headline evaluation metric of `<workdir>/metrics.jsonl`
+    (see `plot_headline_metric`) over steps into `<sample_dir>/metrics.png`.
+
+    Returns:
+      The GIF's path, or None when there are no sample frames.
+    """
+    if workdir is not None:
+        plot_headline_metric(workdir, os.path.join(sample_dir, 'metrics.png'))
     frames = sorted(glob.glob(os.path.join(sample_dir, 'step_*.png')))
     if not frames:
         return None

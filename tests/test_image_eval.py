@@ -207,7 +207,7 @@ def test_precision_recall_chunking_and_brute_force(monkeypatch):
 
     expected = (brute(real, fake), brute(fake, real))
     assert ie.precision_recall(real, fake, k=k) == pytest.approx(expected)
-    monkeypatch.setattr(ie, '_CHUNK_ENTRIES', 1000)  # a few rows per chunk
+    monkeypatch.setattr(ie, 'CHUNK_ENTRIES', 1000)  # a few rows per chunk
     assert ie.precision_recall(real, fake, k=k) == pytest.approx(expected)
     assert 0.2 < expected[0] < 0.99 and 0.2 < expected[1] < 0.99
 

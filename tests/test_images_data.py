@@ -153,14 +153,17 @@ def test_two_processes_read_disjoint_halves(digits_dir: Path) -> None:
     for p, shard in zip(procs, shards, strict=True):
         for idx in p.per_class_index('test'):
             assert np.isin(idx, shard).all()
-    # One epoch of the grain iterators of both processes yields every example exactly once.
-    seen_x, seen_y = [], []
-    for p in procs:
-        for x, y in p.iterate('test', 32, seed=1, drop_remainder=False):
-            seen_x.append(x)
-            seen_y.append(y)
+    # Reading each process's shard yields every example of the split exactly once.
+    read = [p.get('test', shard) for p, shard in zip(procs, shards, strict=True)]
+    shard_x, shard_y = [x for x, _ in read], [y for _, y in read]
+    # Random batches of a process come only from its own shard.
+    rng = np.random.default_rng(1)
+    for p, x, y in zip(procs, shard_x, shard_y, strict=True):
+        own = set(_rows(x, y))
+        bx, by = p.sample(rng, 64, split='test')
+        assert set(_rows(bx, by)) <= own
     all_x, all_y = procs[0].class_arrays('test')
-    assert _rows(np.concatenate(seen_x), np.concatenate(seen_y)) == _rows(all_x, all_y)
+    assert _rows(np.concatenate(shard_x), np.concatenate(shard_y)) == _rows(all_x, all_y)
 
 
 # ---------------------------------------------------------------------------------------------

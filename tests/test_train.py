@@ -233,3 +233,34 @@ def test_toy_evaluator_scores_data_near_one_and_a_shift_far_above():
     assert shifted['energy_ratio'] > 3 * good['energy_ratio'], shifted
     with pytest.raises(ValueError, match='Expected 8 generated draws'):
         evaluator.score(data_draws[:2])
+
+
+def test_extra_toy_metrics_are_logged(tmp_path):
+    extra = ('mmd', 'sliced_wasserstein')
+    config = tiny_config(
+        **{
+            'train.steps': 4,
+            'train.checkpoint_every': 4,
+            'eval.every': 2,
+            'eval.num_samples': 128,
+            'eval.plot_points': 64,
+            'eval.extra_metrics': extra,
+        }
+    )
+    workdir = str(tmp_path / 'extra')
+    result = train.train_and_evaluate(config, workdir)
+    assert result['step'] == 4
+    assert np.isfinite(result['mmd'])
+    # An untrained generator is far from the data: a strictly positive transport cost.
+    assert np.isfinite(result['sliced_wasserstein']) and result['sliced_wasserstein'] > 0
+    evals = [e for e in writers.read_metrics(workdir) if 'energy_ratio' in e]
+    assert [e['step'] for e in evals] == [2, 4]
+    assert all(set(extra) <= set(e) for e in evals)
+
+
+def test_unknown_extra_toy_metric_is_named():
+    config = tiny_config(**{'eval.extra_metrics': ('mmd', 'kl')})
+    with pytest.raises(ValueError, match=r"unknown \['kl'\].*sliced_wasserstein"):
+        train.validate_config(config)
+    with pytest.raises(ValueError, match="'kl'"):
+        train.make_run(config)

@@ -1,7 +1,8 @@
 """Image datasets read by name from prepared TFDS array_record files, without TensorFlow.
 
 ``load_image_dataset`` opens (and for 'digits' first builds) a dataset; ``ImageData`` gives
-random-access batches, grain iterators, per-process index shards and whole-split arrays.
+random-access batches, per-process index shards and whole-split arrays (records are read
+through ``tfds.data_source``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import dataclasses
 import os
 import pathlib
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -343,36 +344,6 @@ class ImageData:
             self._cache[split] = (images, labels)
         images, labels = self._cache[split]
         return self.to_float(images), labels.copy()
-
-    def iterate(
-        self,
-        split: str,
-        batch_size: int,
-        *,
-        seed: int = 0,
-        shuffle: bool = True,
-        num_epochs: int | None = 1,
-        drop_remainder: bool = True,
-        num_threads: int = 2,
-        prefetch_batches: int = 4,
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Batches of this process's shard through ``grain.MapDataset``: each yields float32
-        ``[B,H,W,C]`` and int32 ``[B]``; reshuffled every epoch; ``num_epochs=None`` repeats.
-
-        ``num_threads`` decode in the background, ``prefetch_batches`` batches ahead.
-        """
-        import grain
-
-        ds = grain.MapDataset.source(self.shard(split))
-        if shuffle:
-            ds = ds.seed(seed).shuffle()
-        ds = ds.repeat(num_epochs).batch(batch_size, drop_remainder=drop_remainder)
-        ds = ds.map(lambda idx: self.get(split, idx))
-        # grain's defaults (16 threads, 500 prefetched elements) would hold 500 whole batches.
-        read_options = grain.ReadOptions(
-            num_threads=num_threads, prefetch_buffer_size=prefetch_batches
-        )
-        return iter(ds.to_iter_dataset(read_options))
 
 
 def load_image_dataset(

@@ -21,12 +21,12 @@ class MemoryBank:
     """Ring buffers of real samples; every field is an array (capacities are read from shapes).
 
     Attributes:
-      images: per-class buffers, [num_classes, capacity, *shape], or a dict name -> such an
+      images: per-class buffers, ``[num_classes, capacity, *shape]``, or a dict name -> such an
         array when a sample is a dict of arrays (all with the same leading axes).
       count: valid entries per class, int32 [num_classes]; saturates at `capacity`. Entries
         are written from slot 0 upward, so slots [0, count) are exactly the valid ones.
       ptr: next slot to write per class, int32 [num_classes], in [0, capacity).
-      uncond: buffer of samples of any class, [capacity_uncond, *shape] (or a dict, as
+      uncond: buffer of samples of any class, ``[capacity_uncond, *shape]`` (or a dict, as
         `images`).
       uncond_count: valid entries of `uncond`, int32 scalar, saturating at capacity_uncond.
       uncond_ptr: next slot of `uncond` to write, int32 scalar.
@@ -116,7 +116,7 @@ def push(bank: MemoryBank, images: jax.Array, labels: jax.Array) -> MemoryBank:
 
     Args:
       bank: the current bank.
-      images: [B, *shape], any float dtype (cast to the bank's dtype); a dict of such arrays
+      images: ``[B, *shape]``, any float dtype (cast to the bank's dtype); a dict of such arrays
         (same keys and per-sample shapes as the bank's) for a bank of dict samples.
       labels: int [B].
 
@@ -176,7 +176,7 @@ def sample_pos(bank: MemoryBank, key: jax.Array, labels: jax.Array, n: int) -> A
       n: samples per label (static).
 
     Returns:
-      [G, n, *shape] in the bank's dtype (a dict of such for dict samples); all zeros for a
+      ``[G, n, *shape]`` in the bank's dtype (a dict of such for dict samples); all zeros for a
       class with no entries yet (check `ready` before training).
     """
     labels = labels.astype(jnp.int32)
@@ -192,7 +192,7 @@ def sample_pos(bank: MemoryBank, key: jax.Array, labels: jax.Array, n: int) -> A
 
 
 def sample_uncond(bank: MemoryBank, key: jax.Array, n: int) -> Any:
-    """n samples uniform with replacement over the unconditional buffer: [n, *shape] (a dict
+    """n samples uniform with replacement over the unconditional buffer: ``[n, *shape]`` (a dict
     of such for dict samples). All zeros while the buffer is empty.
     """
     idx = jax.random.randint(key, (n,), 0, jnp.maximum(bank.uncond_count, 1))

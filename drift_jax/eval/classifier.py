@@ -106,7 +106,7 @@ class ConvNet(nn.Module):
         return logits, features
 
 
-def _as_images(images: Any, name: str = 'images') -> np.ndarray:
+def as_images(images: Any, name: str = 'images') -> np.ndarray:
     """float32 ``[N, H, W, C]`` from ``[N, H, W, C]`` or ``[N, H, W]`` (a channel is added)."""
     x = np.asarray(images, dtype=np.float32)
     if x.ndim == 3:
@@ -116,7 +116,7 @@ def _as_images(images: Any, name: str = 'images') -> np.ndarray:
     return x
 
 
-def _as_labels(labels: Any, n: int, name: str = 'labels') -> np.ndarray:
+def as_labels(labels: Any, n: int, name: str = 'labels') -> np.ndarray:
     """int32 ``[N]`` labels, checked against the number of images ``n``."""
     y = np.asarray(labels)
     if y.ndim != 1 or y.shape[0] != n:
@@ -148,7 +148,7 @@ class Classifier:
 
     def _run(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """Logits ``[N, K]`` and features ``[N, F]`` as float32 numpy, in padded batches."""
-        x = _as_images(x)
+        x = as_images(x)
         if x.shape[1:] != self.image_shape:
             raise ValueError(f'images have shape {x.shape[1:]}, expected {self.image_shape}')
         n = x.shape[0]
@@ -181,8 +181,8 @@ class Classifier:
 
     def accuracy(self, x: Any, y: Any) -> float:
         """Fraction of images ``x [N, H, W, C]`` classified as their labels ``y [N]``."""
-        x = _as_images(x)
-        y = _as_labels(y, x.shape[0])
+        x = as_images(x)
+        y = as_labels(y, x.shape[0])
         if x.shape[0] == 0:
             return float('nan')
         return float(np.mean(self.predict(x) == y))
@@ -275,8 +275,8 @@ def train_classifier(
     Returns:
       The trained `Classifier`; ``info`` holds the settings, final loss and seconds taken.
     """
-    x_np = _as_images(images)
-    y_np = _as_labels(labels, x_np.shape[0])
+    x_np = as_images(images)
+    y_np = as_labels(labels, x_np.shape[0])
     if x_np.shape[0] == 0:
         raise ValueError('no training images')
     if y_np.min() < 0 or y_np.max() >= num_classes:

@@ -20,8 +20,8 @@ from absl import logging
 from drift_jax.eval.classifier import (
     Classifier,
     ConvNet,
-    _as_images,
-    _as_labels,
+    as_images,
+    as_labels,
     train_classifier,
 )
 
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 # Budget (float64 entries) for one chunk of a pairwise squared-distance matrix, about 64 MiB.
-_CHUNK_ENTRIES = 1 << 23
+CHUNK_ENTRIES = 1 << 23
 
 
 # ----------------------------------------------------------------------------------------------
@@ -62,8 +62,8 @@ def per_class_accuracy(
       labels: int ``[N]``, the intended classes.
       num_classes: K; defaults to the classifier's.
     """
-    x = _as_images(images)
-    y = _as_labels(labels, x.shape[0])
+    x = as_images(images)
+    y = as_labels(labels, x.shape[0])
     k = classifier.module.num_classes if num_classes is None else num_classes
     correct = classifier.predict(x) == y
     totals = np.bincount(y, minlength=k)[:k].astype(np.float64)
@@ -169,7 +169,7 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, method: str = 'eigh') -> flo
 
 def _row_chunks(n_rows: int, n_cols: int) -> int:
     """Rows per chunk so that a ``[rows, n_cols]`` float64 block stays near the budget."""
-    return max(1, min(n_rows, _CHUNK_ENTRIES // max(n_cols, 1)))
+    return max(1, min(n_rows, CHUNK_ENTRIES // max(n_cols, 1)))
 
 
 def _sq_dists(q: np.ndarray, q_sq: np.ndarray, r: np.ndarray, r_sq: np.ndarray) -> np.ndarray:
@@ -305,10 +305,10 @@ class ImageEvaluator:
           cache_dir: if given, classifiers are saved there as ``.npz`` keyed by a hash of the
             training data and settings, and loaded instead of retrained on later runs.
         """
-        x_train = _as_images(train_images, 'train_images')
-        y_train = _as_labels(train_labels, x_train.shape[0], 'train_labels')
-        x_test = _as_images(test_images, 'test_images')
-        y_test = _as_labels(test_labels, x_test.shape[0], 'test_labels')
+        x_train = as_images(train_images, 'train_images')
+        y_train = as_labels(train_labels, x_train.shape[0], 'train_labels')
+        x_test = as_images(test_images, 'test_images')
+        y_test = as_labels(test_labels, x_test.shape[0], 'test_labels')
         if x_train.shape[1:] != x_test.shape[1:]:
             raise ValueError(f'train/test image shapes differ: {x_train.shape} vs {x_test.shape}')
         self.num_classes = num_classes
@@ -410,8 +410,8 @@ class ImageEvaluator:
           (held-out classifier agrees with ``generated_labels``), ``spread_ratio`` (generated
           within-class spread / test within-class spread).
         """
-        x = _as_images(generated_images, 'generated_images')
-        y = _as_labels(generated_labels, x.shape[0], 'generated_labels')
+        x = as_images(generated_images, 'generated_images')
+        y = as_labels(generated_labels, x.shape[0], 'generated_labels')
         feats = self.feature_classifier.features(x)
         fd = frechet_distance(feats, self.test_features)
         precision, recall = precision_recall(self.test_features, feats, k=self.pr_k)

@@ -17,7 +17,6 @@ import numpy as np
 __all__ = [
     'DEFAULT_RBF_BANDWIDTHS',
     'energy_distance',
-    'energy_report',
     'mmd_rbf',
     'sliced_wasserstein',
 ]
@@ -438,40 +437,3 @@ def expected_energy_floor(
     if n < 1 or m < 1:
         raise ValueError(f'n and m must be positive, got {n} and {m}')
     return mean_pairwise_distance(data, chunk_size=chunk_size) * (1.0 / n + 1.0 / m)
-
-
-def energy_report(
-    generated: jax.Array | np.ndarray,
-    reference: jax.Array | np.ndarray,
-    floor_a: jax.Array | np.ndarray,
-    floor_b: jax.Array | np.ndarray,
-    *,
-    unbiased: bool = False,
-    chunk_size: int | None = None,
-) -> dict[str, float]:
-    """Energy distance of generated samples, a same-distribution noise floor, and their ratio.
-
-    ``floor_a`` and ``floor_b`` should be two independent data samples with the same sizes as
-    ``generated`` and ``reference``; a perfect generator then scores a ratio near 1.
-
-    The default here is ``unbiased=False`` (V-statistics), unlike :func:`energy_distance`:
-    the V-statistic floor is strictly positive (about ``E||X-X'|| (1/n + 1/m)``), so the
-    ratio is well defined. The unbiased floor fluctuates around zero and can be negative,
-    which makes a ratio meaningless. If the floor is not positive the ratio is ``nan``.
-
-    Args:
-        generated: model samples, ``[n, d]``.
-        reference: data samples, ``[m, d]``.
-        floor_a: data samples, ``[n, d]``.
-        floor_b: data samples independent of ``floor_a``, ``[m, d]``.
-        unbiased: passed to :func:`energy_distance`.
-        chunk_size: passed to :func:`energy_distance`.
-
-    Returns:
-        ``{'energy_distance': ED(generated, reference), 'energy_floor': ED(floor_a, floor_b),
-        'energy_ratio': energy_distance / energy_floor}`` as Python floats.
-    """
-    ed = energy_distance(generated, reference, unbiased=unbiased, chunk_size=chunk_size)
-    floor = energy_distance(floor_a, floor_b, unbiased=unbiased, chunk_size=chunk_size)
-    ratio = ed / floor if floor > 0 else float('nan')
-    return {'energy_distance': ed, 'energy_floor': floor, 'energy_ratio': ratio}

@@ -45,7 +45,7 @@ def pairwise_distances(x_nd: Array, y_md: Array) -> Array:
     """Euclidean distances d_ij = ||x_i - y_j||, shape [N, M], float32.
 
     Small D uses explicit differences (exact for near-duplicates); large D uses the
-    matmul expansion |x|^2 + |y|^2 - 2 x.y clamped at 0. The square root has a safe
+    matmul expansion ``|x|^2 + |y|^2 - 2 x.y`` clamped at 0. The square root has a safe
     gradient at zero distance.
     """
     sq = _squared_distances(x_nd, y_md)
@@ -82,7 +82,7 @@ def compute_drift_field(
     Args:
       x: queries (the generated samples), [N, D] or grouped [G, N, D]; any float dtype.
         Pass several independent problems grouped rather than vmapping this function: under
-        a vmap the blocked form's per-block `lax.cond`s become selects that compute both
+        a vmap the blocked form's per-block ``lax.cond`` calls become selects that compute both
         branches. The field is differentiable in x, y_pos, y_neg and the weights; the
         blocked form's derivatives (JVPs, gradients) run its two-exp terms.
       y_pos: positives (data), [M+, D] or [G, M+, D].

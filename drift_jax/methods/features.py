@@ -56,7 +56,8 @@ def feature_sets(
 ) -> dict[str, Array]:
     """The paper's multi-scale feature sets (appendix A.5) as token sets [B, T, D].
 
-    For block s with map [B, h, w, c] (float32 outputs, names 'block{s}/...'):
+    For block s with map [B, h, w, c] (float32 outputs, names 'block{s}/...')::
+
       'locations' -> 'block{s}/locations' [B, h*w, c]: one token per location, row-major.
         Each location is its own drift problem: `feature_drift_loss` moves T into the
         group axis, so the vectors of all samples at location t form one set.
@@ -64,7 +65,9 @@ def feature_sets(
       'patch2' -> 'block{s}/patch2_mean', 'block{s}/patch2_std' [B, (h//2)*(w//2), c]:
         mean / std over each non-overlapping 2x2 patch (the paper's (H/2)(W/2) vectors; a
         remainder row or column is cropped). 'patch4' likewise with 4x4 patches.
-    And on the input images [B, H, W, C] (skipped when raw_images is None):
+
+    And on the input images [B, H, W, C] (skipped when raw_images is None)::
+
       'raw' -> 'raw' [B, 1, H*W*C]: the plain data-space drift term.
       'energy' -> 'energy' [B, 1, C]: per-channel mean of squared pixels.
 

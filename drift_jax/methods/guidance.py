@@ -16,9 +16,11 @@ def power_law_alpha(
 ) -> jax.Array:
     """Guidance scales alpha in [1, alpha_max] with density p(alpha) ∝ alpha^(-exponent).
 
-    Inverse CDF with u ~ U[0, 1) and s = exponent:
+    Inverse CDF with u ~ U[0, 1) and s = exponent::
+
         s != 1: alpha = (1 + u (alpha_max^(1-s) - 1))^(1/(1-s))
         s == 1: alpha = alpha_max^u                     (log-uniform)
+
     evaluated as exp(log1p(u expm1(c)) / (1-s)), c = (1-s) log(alpha_max), which stays
     accurate for s near 1. s = 0 is uniform; larger s puts more mass near alpha = 1 (weak
     guidance). alpha_max = 1 returns ones. alpha_max and exponent are Python floats (static
