@@ -133,12 +133,7 @@ def compute_drift_field_with(
     _, v, coord_scale, stats, grouped = driver.field_scaled(
         x, y_pos, y_neg, weights_pos, weights_neg, opts
     )
-    v = v * coord_scale[:, None, None]
-    if not grouped:
-        v = v[0]
-    if return_stats:
-        return v, jax.tree.map(jnp.mean, stats)
-    return v
+    return driver.field_output(v, coord_scale, stats, grouped, return_stats)
 
 
 def drift_loss(

@@ -237,6 +237,17 @@ def group_chunk(groups: int, n: int, m: int, backend: str | None = None) -> int:
     return max(1, min(groups, GROUP_CHUNK_ENTRIES // max(1, n * m)))
 
 
+def field_output(v: Array, coord_scale: Array, stats: dict, grouped: bool, return_stats: bool):
+    """The field in the input's coordinates from the scaled field v [G, N, D] and
+    coord_scale [G]: [N, D] (ungrouped input) or [G, N, D]; with the mean stats if asked."""
+    v = v * coord_scale[:, None, None]
+    if not grouped:
+        v = v[0]
+    if return_stats:
+        return v, jax.tree.map(jnp.mean, stats)
+    return v
+
+
 def loss_from_field(x: Array, v: Array, coord_scale: Array, stats: dict, grouped: bool):
     """Drifting loss from the scaled field v [G, N, D] and coord_scale [G] (see drift_loss)."""
     sg = jax.lax.stop_gradient

@@ -115,12 +115,7 @@ def sharded_drift_field(
     _, v, coord_scale, stats, grouped = _sharded_field_scaled(
         x, y_pos, y_neg, weights_pos, weights_neg, opts, mesh, axis
     )
-    v = v * coord_scale[:, None, None]
-    if not grouped:
-        v = v[0]
-    if return_stats:
-        return v, jax.tree.map(jnp.mean, stats)
-    return v
+    return driver.field_output(v, coord_scale, stats, grouped, return_stats)
 
 
 def sharded_drift_loss(
