@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from drift_jax import defaults, train, writers
 
@@ -65,7 +66,12 @@ def test_image_run_writes_metrics_grid_and_bank(image_run):
     _, state, step = train.load_run(workdir)
     assert step == 6
     assert int(np.min(np.asarray(state.extra.count))) > 0
-    assert 0.0 <= float(np.max(np.abs(np.asarray(state.extra.images)))) <= 1.0 + 1e-6
+    # It holds real digits in the data's value range [-1, 1]: a black background (-1) and
+    # bright strokes, nothing outside the range.
+    images, count = np.asarray(state.extra.images, np.float32), np.asarray(state.extra.count)
+    valid = np.concatenate([images[c, :n] for c, n in enumerate(count)])
+    assert valid.min() == pytest.approx(-1.0, abs=1e-6)
+    assert 0.5 < valid.max() <= 1.0 + 1e-6
 
 
 def test_sample_cli_images_with_labels_and_alpha(image_run, tmp_path):
@@ -105,7 +111,24 @@ def test_sample_cli_images_with_labels_and_alpha(image_run, tmp_path):
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 0 and os.path.getsize(png) > 0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # 4 samples of 8x8 upscaled x4 to 32x32, tiled 2 x 2 with 2 pixels of white padding.
+    with Image.open(png) as im:
+        assert im.format == 'PNG' and im.mode == 'L'
+        grid = np.asarray(im)
+    assert grid.shape == (2 * (32 + 2) + 2, 2 * (32 + 2) + 2)
+    cells = [
+        np.s_[2 + 34 * r : 34 + 34 * r, 2 + 34 * q : 34 + 34 * q] for r in (0, 1) for q in (0, 1)
+    ]
+    tiles = np.stack([grid[c] for c in cells])
+    padding = grid.copy()
+    for c in cells:
+        padding[c] = 255
+    assert np.all(padding == 255)
+    # Nearest-neighbour upscaling: every 4x4 block of a tile is one sample pixel.
+    blocks = tiles.reshape(4, 8, 4, 8, 4)
+    assert np.all(blocks == blocks[:, :, :1, :, :1])
+    assert tiles.std() > 1.0  # not a constant image
 
 
 def test_sampling_rejects_bad_labels_and_alpha(image_run):

@@ -34,7 +34,7 @@ from drift_jax.data.sources import (  # noqa: F401
     to_uint8_images,
 )
 
-# Every builder here writes array_record (read back through ``tfds.data_source`` + grain)
+# Every builder here writes array_record (read back through ``tfds.data_source``)
 # and encodes images to PNG with PIL: TFDS' own numpy encoder needs TensorFlow.
 FILE_FORMAT: str = 'array_record'
 LOCAL_VERSION: str = '1.0.0'

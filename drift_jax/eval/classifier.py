@@ -107,7 +107,10 @@ class ConvNet(nn.Module):
 
 
 def as_images(images: Any, name: str = 'images') -> np.ndarray:
-    """float32 ``[N, H, W, C]`` from ``[N, H, W, C]`` or ``[N, H, W]`` (a channel is added)."""
+    """float32 ``[N, H, W, C]`` from ``[N, H, W, C]`` or ``[N, H, W]`` (a channel is added).
+
+    Raises ValueError, naming the argument ``name``, for any other shape.
+    """
     x = np.asarray(images, dtype=np.float32)
     if x.ndim == 3:
         x = x[..., None]
@@ -117,7 +120,11 @@ def as_images(images: Any, name: str = 'images') -> np.ndarray:
 
 
 def as_labels(labels: Any, n: int, name: str = 'labels') -> np.ndarray:
-    """int32 ``[N]`` labels, checked against the number of images ``n``."""
+    """int32 ``[N]`` labels, checked against the number of images ``n``.
+
+    Raises ValueError, naming the argument ``name``, unless ``labels`` is ``[n]`` and
+    integer-valued.
+    """
     y = np.asarray(labels)
     if y.ndim != 1 or y.shape[0] != n:
         raise ValueError(f'{name} must have shape [{n}], got {y.shape}')

@@ -38,7 +38,8 @@ __all__ = [
     'within_class_spread',
 ]
 
-# Budget (float64 entries) for one chunk of a pairwise squared-distance matrix, about 64 MiB.
+#: Budget (float64 entries) for one chunk of a pairwise squared-distance matrix, about
+#: 64 MiB; `precision_recall` works through its distance matrices in chunks of this size.
 CHUNK_ENTRIES = 1 << 23
 
 
