@@ -23,7 +23,6 @@ setup(
         'pillow>=10',
         'tqdm>=4.66',
         'tensorboardX>=2.6',
-        'grain>=0.2',
         'scikit-learn>=1.3',  # bundled 8x8 digits: the offline image dataset
     ],
     extras_require={

@@ -403,7 +403,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpt.close()  # waits for in-flight async saves
         writer.close()
     if is_main and not stopping:
-        writers.finish_samples(sample_dir)
+        writers.finish_samples(sample_dir, workdir)
     return last_eval
 
 

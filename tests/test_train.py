@@ -59,7 +59,7 @@ def test_workdir_contract(finished_run):
     assert all('energy_floor' in e for e in evals)
     assert [e['step'] for e in logs] == [5, 10, 15, 20]
     samples = sorted(os.listdir(os.path.join(workdir, 'samples')))
-    assert samples == ['evolution.gif', 'step_0000010.png', 'step_0000020.png']
+    assert samples == ['evolution.gif', 'metrics.png', 'step_0000010.png', 'step_0000020.png']
     assert os.listdir(os.path.join(workdir, 'tensorboard'))
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'))
     assert ckpt.all_steps() == [10, 20]
