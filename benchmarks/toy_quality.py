@@ -2,6 +2,11 @@
 
     python benchmarks/toy_quality.py                       # every toy config
     python benchmarks/toy_quality.py --configs=spiral,moons --json=toy.json
+    python benchmarks/toy_quality.py --configs=spiral,moons --methods=ddpm --steps=50
+
+`--methods` trains each config with each method (its `method_settings` applied);
+`--steps` also scores the finished run's sampler at these numbers of sampling steps (DDIM
+for ddpm, Langevin steps per level for ncsn) with the same evaluator.
 
 Quality is energy_distance / energy_floor on 5000 vs 5000 samples (1.0 = indistinguishable
 from a second data draw); bimodal also reports the fraction of samples in each mode.
@@ -40,38 +45,67 @@ _CONFIGS = flags.DEFINE_list('configs', list(ALL), 'Config names (file[:arg]) to
 _JSON = flags.DEFINE_string('json', None, 'Write the records to this JSON file.')
 _OVERRIDES = flags.DEFINE_multi_string('set', [], 'Overrides as section.name=value.')
 _POINTS = flags.DEFINE_string('points', None, 'Also train configs/points.py on this file.')
+_METHODS = flags.DEFINE_list('methods', ['drifting'], 'Methods to train on each config.')
+_STEPS = flags.DEFINE_list('steps', [], 'Also score multi-step samplers at these step counts.')
+
+
+def score_at_steps(workdir: str, steps: int) -> tuple[float, int, float]:
+    """(ED / floor, NFE, sampling seconds) of a finished run's sampler at `steps` steps."""
+    import numpy as np
+
+    from drift_jax import train
+
+    run, state, _ = train.load_run(workdir)
+    evaluator = run.task.make_evaluator(run.config.train.seed)
+    start = time.perf_counter()
+    draws = [
+        np.asarray(run.method.sample(state.ema_params, k, run.config.eval.num_samples, steps=steps))
+        for k in evaluator.gen_keys
+    ]
+    seconds = time.perf_counter() - start
+    return evaluator.score(draws)['energy_ratio'], run.method.nfe(steps=steps), seconds
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    from drift_jax import train
+    from drift_jax import methods, train
 
     names = list(_CONFIGS.value) + (['points'] if _POINTS.value else [])
     records = []
     for name in names:
-        config = load_config(name)
-        if name == 'points':
-            config.data.path = _POINTS.value
-        apply_overrides(config, _OVERRIDES.value)
-        with tempfile.TemporaryDirectory() as workdir:
-            start = time.perf_counter()
-            result = train.train_and_evaluate(config, workdir)
-            seconds = time.perf_counter() - start
-        goal = 2.0 if name.startswith('bimodal') else GOALS.get(name, 2.0)
-        rec = {
-            'config': name,
-            'steps': config.train.steps,
-            'seconds': round(seconds, 1),
-            'energy_ratio': round(result['energy_ratio'], 3),
-            'goal': goal,
-        }
-        if 'mode_fraction_0' in result:
-            rec['mode_fraction_0'] = round(result['mode_fraction_0'], 3)
-        records.append(rec)
-        print(json.dumps(rec), flush=True)
-    print('\n| config | steps | seconds | ED / floor | goal | modes |')
-    print('|---|---|---|---|---|---|')
+        for method in _METHODS.value:
+            config = load_config(name)
+            config.method = method
+            if name == 'points':
+                config.data.path = _POINTS.value
+            config = methods.resolve_config(config)
+            apply_overrides(config, _OVERRIDES.value)
+            with tempfile.TemporaryDirectory() as workdir:
+                start = time.perf_counter()
+                result = train.train_and_evaluate(config, workdir)
+                seconds = time.perf_counter() - start
+                extra = {int(s): score_at_steps(workdir, int(s)) for s in _STEPS.value}
+            goal = 2.0 if name.startswith('bimodal') else GOALS.get(name, 2.0)
+            rec = {
+                'config': name,
+                'method': method,
+                'steps': config.train.steps,
+                'seconds': round(seconds, 1),
+                'energy_ratio': round(result['energy_ratio'], 3),
+                'nfe': result.get('nfe'),
+                'goal': goal,
+            }
+            for s, (ratio, nfe, secs) in extra.items():
+                rec[f'energy_ratio_steps{s}'] = round(ratio, 3)
+                rec[f'nfe_steps{s}'] = nfe
+                rec[f'sample_seconds_steps{s}'] = round(secs, 1)
+            if 'mode_fraction_0' in result:
+                rec['mode_fraction_0'] = round(result['mode_fraction_0'], 3)
+            records.append(rec)
+            print(json.dumps(rec), flush=True)
+    print('\n| config | method | steps | seconds | NFE | ED / floor | goal | modes |')
+    print('|---|---|---|---|---|---|---|---|')
     for r in records:
         modes = (
             f'{r["mode_fraction_0"]:.2f} / {1 - r["mode_fraction_0"]:.2f}'
@@ -79,7 +113,8 @@ def main(argv):
             else ''
         )
         print(
-            f'| {r["config"]} | {r["steps"]} | {r["seconds"]} | {r["energy_ratio"]:.2f} | '
+            f'| {r["config"]} | {r["method"]} | {r["steps"]} | {r["seconds"]} | {r["nfe"]} | '
+            f'{r["energy_ratio"]:.2f} | '
             f'<= {r["goal"]} | {modes} |'
         )
     if _JSON.value:

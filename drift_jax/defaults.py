@@ -73,6 +73,44 @@ def toy_config() -> ml_collections.ConfigDict:
     c.eval.draws = 8
     c.eval.plot_points = 2000  # points drawn in each sample plot
     c.eval.extra_metrics = ()  # also log 'mmd' and/or 'sliced_wasserstein' (first draw)
+    c.eval.sample_steps = 0  # multi-step methods: sampling steps (0 = the method's default)
+
+    # Networks of the multi-step methods (ddpm, ncsn): an MLP with a noise-level embedding,
+    # as wide and deep as the drifting generator above.
+    c.denoiser = ml_collections.ConfigDict()
+    c.denoiser.width = 256
+    c.denoiser.depth = 3
+
+    # DDPM (method='ddpm'): schedule, label dropout for guidance, DDIM's eta.
+    c.ddpm = ml_collections.ConfigDict()
+    c.ddpm.timesteps = 1000
+    c.ddpm.schedule = 'linear'  # 'linear' | 'cosine'
+    c.ddpm.beta_start = 1e-4
+    c.ddpm.beta_end = 0.02
+    c.ddpm.label_dropout = 0.1  # labelled data: share of null labels in training
+    c.ddpm.eta = 0.0  # DDIM noise (fewer steps than timesteps); 0 = deterministic
+
+    # NCSN (method='ncsn'): noise levels, loss, annealed Langevin sampling.
+    c.ncsn = ml_collections.ConfigDict()
+    c.ncsn.levels = 10
+    c.ncsn.sigma_max = 0.0  # 0: the largest pairwise distance of 2000 training examples
+    c.ncsn.sigma_min = 0.01
+    c.ncsn.loss = 'dsm'  # 'dsm' (denoising) | 'ssm' (sliced, low-dimensional data)
+    c.ncsn.steps_per_level = 100  # Langevin steps per level (eval.sample_steps overrides)
+    c.ncsn.step_eps = 2e-5  # step size at sigma_L; a_i = step_eps sigma_i^2 / sigma_L^2
+    c.ncsn.final_denoise = True  # one last step x + sigma_L^2 s(x, sigma_L)
+    c.ncsn.label_dropout = 0.1  # labelled data: share of null labels in training
+
+    # Settings of the multi-step baselines on low-dimensional data (applied when the method
+    # is chosen; see docs/ddpm.md and docs/ncsn.md for what was tried). Their samplers take
+    # ~1000 network evaluations, so they evaluate once, at the end.
+    for name in ('ddpm', 'ncsn'):
+        c.method_settings[name] = ml_collections.ConfigDict(
+            {
+                'train': {'steps': 5000, 'checkpoint_every': 1000},
+                'eval': {'every': 5000},
+            }
+        )
 
     # Device mesh: `data` shards the batch (-1 = all devices), `fsdp` shards parameters.
     c.mesh = ml_collections.ConfigDict()
@@ -123,6 +161,23 @@ def image_config() -> ml_collections.ConfigDict:
     c.drift.temperatures = (0.02, 0.05, 0.2)
     c.drift.scale_dist = True
     c.drift.normalize_drift = True
+
+    # The multi-step methods' U-Net (levels of base_channels x mults, skips).
+    c.denoiser = ml_collections.ConfigDict()
+    c.denoiser.base_channels = 32
+    c.denoiser.mults = (1, 2)
+    c.denoiser.num_res_blocks = 1
+
+    # The multi-step baselines on images: batches of real images with their labels, one
+    # evaluation at the end (their samplers take ~1000 network evaluations per image).
+    c.method_settings = ml_collections.ConfigDict()
+    for name in ('ddpm', 'ncsn'):
+        c.method_settings[name] = ml_collections.ConfigDict(
+            {
+                'train': {'steps': 4000, 'batch_size': 128, 'checkpoint_every': 1000},
+                'eval': {'every': 4000},
+            }
+        )
 
     c.guidance = ml_collections.ConfigDict()
     c.guidance.alpha_max = 1.0  # 1 = no guidance in training

@@ -2,6 +2,7 @@
 
     python -m drift_jax.sample --workdir=W --num=N --out=samples.npy
     python -m drift_jax.sample --workdir=W_digits --num=100 --labels=3,7 --alpha=2 --out=g.png
+    python -m drift_jax.sample --workdir=W_ddpm --num=N --steps=50 --out=samples.npy
 
 Point workdirs give [N, D] in the user's coordinates (.npy or .csv); image workdirs give
 float images in [0, 1] of shape [N, H, W, C] (.npy) or a PNG grid (.png).
@@ -24,31 +25,56 @@ _LABELS = flags.DEFINE_list(
     'labels', None, 'Images: class labels, cycled over the samples (default: all classes in turn).'
 )
 _ALPHA = flags.DEFINE_float('alpha', 1.0, 'Images: guidance scale alpha >= 1.')
+_STEPS = flags.DEFINE_integer(
+    'steps', 0, "Multi-step methods: sampling steps, the NFE (0: the config's eval.sample_steps)."
+)
 flags.mark_flags_as_required(['workdir'])
 
 
 def sample_workdir(
-    workdir: str, num: int, seed: int = 0, labels=None, alpha: float | None = None
+    workdir: str,
+    num: int,
+    seed: int = 0,
+    labels=None,
+    alpha: float | None = None,
+    steps: int = 0,
 ) -> np.ndarray:
-    """num samples from the newest checkpoint's EMA parameters.
+    """num samples from the newest checkpoint's EMA parameters (`steps`: sampling steps of
+    a multi-step method, 0 for its default).
 
     Returns [num, D] points in data coordinates, or [num, H, W, C] images in [0, 1].
     """
     if num <= 0:
         raise ValueError(f'--num must be positive, got {num}.')
+    import inspect
+
     import jax
 
     from drift_jax import train
 
     run, state, _ = train.load_run(workdir)
     key = jax.random.PRNGKey(seed)
+    options = {}
+    if steps:
+        if 'steps' not in inspect.signature(run.method.sample).parameters:
+            raise ValueError(
+                f'--steps applies to multi-step methods; this workdir holds a '
+                f'{run.method.name!r} run.'
+            )
+        options['steps'] = steps
     if run.task.kind == 'images':
         return train.sample(
-            run, state.ema_params, key, num, labels=labels, alpha=1.0 if alpha is None else alpha
+            run,
+            state.ema_params,
+            key,
+            num,
+            labels=labels,
+            alpha=1.0 if alpha is None else alpha,
+            **options,
         )
     if labels is not None or alpha not in (None, 1.0):
         raise ValueError('--labels and --alpha apply to image workdirs only.')
-    return train.sample(run, state.ema_params, key, num)
+    return train.sample(run, state.ema_params, key, num, **options)
 
 
 def main(argv):
@@ -61,7 +87,14 @@ def main(argv):
     if _ALPHA.value < 1:
         raise app.UsageError(f'--alpha must be >= 1, got {_ALPHA.value}.')
     labels = None if _LABELS.value is None else [int(v) for v in _LABELS.value]
-    x = sample_workdir(_WORKDIR.value, _NUM.value, _SEED.value, labels=labels, alpha=_ALPHA.value)
+    x = sample_workdir(
+        _WORKDIR.value,
+        _NUM.value,
+        _SEED.value,
+        labels=labels,
+        alpha=_ALPHA.value,
+        steps=_STEPS.value,
+    )
     if ext == '.npy':
         np.save(out, x)
     elif ext == '.csv':

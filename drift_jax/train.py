@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -281,19 +282,32 @@ def _restore(ckpt: checkpointing.Checkpointer, run: Run):
 
 def _evaluator(run: Run, seed: int):
     """evaluate(state, step, sample_dir) -> metrics: the task's evaluator on the method's
-    sampler (EMA parameters), the NFE, and the method's own figures."""
+    sampler (EMA parameters), the NFE and the sampling throughput, and the method's own
+    figures.
+
+    `samples_per_second` counts the sampler calls after the first of an evaluation (the
+    first may compile); with a single call, that call.
+    """
     method = run.method
     task_eval = run.task.make_evaluator(seed) if method.generative else None
 
     def evaluate(state: TrainState, step: int, sample_dir: str | None) -> dict[str, Any]:
         out = {}
         if task_eval is not None:
+            calls = []
 
             def sampler(key, n, labels=None):
-                return method.sample(state.ema_params, key, n, labels=labels)
+                start = time.perf_counter()
+                x = np.asarray(method.sample(state.ema_params, key, n, labels=labels))
+                calls.append((n, time.perf_counter() - start))
+                return x
 
             out.update(task_eval(sampler, step, sample_dir))
+            timed = calls[1:] or calls
+            seconds = sum(s for _, s in timed)
             out['nfe'] = method.nfe()
+            if seconds > 0:
+                out['samples_per_second'] = sum(n for n, _ in timed) / seconds
         out.update(method.evaluate(state.ema_params, step))
         return out
 

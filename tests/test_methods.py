@@ -195,6 +195,7 @@ def test_two_networks_train_resume_exactly_and_sample(tiny_gan, tmp_path):
     workdir = str(tmp_path / 'straight')
     result = train.train_and_evaluate(tiny_gan, workdir)
     assert result['step'] == 12 and np.isfinite(result['energy_ratio']) and result['nfe'] == 1
+    assert result['samples_per_second'] > 0  # timed over the evaluator's later draws
     logs = [e for e in writers.read_metrics(workdir) if 'loss/generator' in e]
     assert [e['step'] for e in logs] == [3, 6, 9, 12]
     assert all(np.isfinite(e['loss/discriminator']) and 'd_real' in e for e in logs)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import ml_collections
 
 from drift_jax.methods.base import Method, Update
+from drift_jax.methods.ddpm import DDPM
 from drift_jax.methods.drifting import Drifting
 from drift_jax.methods.mae import MAE
+from drift_jax.methods.ncsn import NCSN
 
-METHODS: dict[str, type[Method]] = {'drifting': Drifting, 'mae': MAE}
+METHODS: dict[str, type[Method]] = {'drifting': Drifting, 'ddpm': DDPM, 'ncsn': NCSN, 'mae': MAE}
 DEFAULT_METHOD = 'drifting'
 
 __all__ = ['METHODS', 'Method', 'Update', 'method_class', 'resolve_config']
