@@ -3,6 +3,9 @@ Langevin dynamics with an exact score, NFE counts, bad options and a tiny run.""
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,8 +110,15 @@ def test_annealed_langevin_with_the_exact_score_samples_the_data(monkeypatch):
     np.testing.assert_allclose(x.std(0), 1.0, atol=0.08)
 
 
-def test_toy_run_nfe_and_sampling(tmp_path):
+def test_toy_run_nfe_resume_and_sampling(tmp_path):
     result = train.train_and_evaluate(tiny_config(), str(tmp_path / 'w'))
+    crashed = str(tmp_path / 'crashed')
+    shutil.copytree(str(tmp_path / 'w'), crashed)
+    shutil.rmtree(os.path.join(crashed, 'checkpoints', '6'))
+    train.train_and_evaluate(tiny_config(), crashed)
+    leaves = [jax.tree.leaves(train.load_run(w)[1]) for w in (str(tmp_path / 'w'), crashed)]
+    for a, b in zip(*leaves, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert result['nfe'] == 4 * 3 + 1 and np.isfinite(result['energy_ratio'])
     run, state, _ = train.load_run(str(tmp_path / 'w'))
     assert float(run.method.sigmas[0]) > 1.0 and float(run.method.sigmas[-1]) == pytest.approx(0.01)

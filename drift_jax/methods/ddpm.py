@@ -210,7 +210,8 @@ class DDPM(Method):
         x = jax.random.normal(k_init, (n, *self.data_shape))
 
         def eps_of(x, t):
-            tt = jnp.full((n,), t, jnp.float32)
+            # One condition for the whole batch: its embedding is computed once, not n times.
+            tt = jnp.full((1,), t, jnp.float32)
             eps = self.model.apply(params, x, tt, labels)
             if alpha != 1.0:
                 null = jnp.full((n,), self.num_classes, jnp.int32)

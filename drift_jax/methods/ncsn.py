@@ -200,7 +200,8 @@ class NCSN(Method):
         x = sigmas[0] * jax.random.normal(k_init, (n, *self.data_shape))
 
         def score(x, sigma):
-            s = jnp.full((n,), sigma)
+            # One noise level for the whole batch: its embedding is computed once.
+            s = jnp.full((1,), sigma)
             out = self.score(params, x, s, labels)
             if alpha != 1.0:
                 out_u = self.score(params, x, s, jnp.full((n,), self.num_classes, jnp.int32))

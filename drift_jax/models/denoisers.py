@@ -1,8 +1,9 @@
 """Networks conditioned on a noise level: eps(x, t) for DDPM, s(x, sigma) for NCSN.
 
 `TimeMLP` (points) and `UNet` (images, with skip connections) take samples, a scalar
-condition per sample (a timestep or log sigma, embedded with sinusoids) and optional
-labels (label `num_classes` is the null label of classifier-free guidance).
+condition per sample (a timestep or log sigma, embedded with sinusoids; shape [B], or [1]
+for one condition shared by the batch, as samplers pass it) and optional labels (label
+`num_classes` is the null label of classifier-free guidance).
 """
 
 from __future__ import annotations
