@@ -7,7 +7,6 @@ to `train.train_and_evaluate`; everything else is importable.
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 from absl import app, flags, logging
@@ -42,19 +41,6 @@ def default_workdir(config_path: str) -> str:
     return os.path.join('workdirs', f'{name}_{arg}' if arg else name)
 
 
-def command_line_overrides(argv: list[str]) -> tuple[str, ...]:
-    """Dotted config names set on the command line (`--config.train.steps=5` -> train.steps).
-
-    They win over a config file's `method_settings` for the chosen method.
-    """
-    names = []
-    for arg in argv:
-        m = re.match(r'--config\.([\w.]+)', arg)
-        if m:
-            names.append(m.group(1))
-    return tuple(names)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -75,7 +61,9 @@ def main(argv):
     logging.info('workdir: %s', os.path.abspath(workdir))
     print(f'drift_jax: workdir {os.path.abspath(workdir)}', flush=True)
     try:
-        config = methods.resolve_config(_CONFIG.value, keep=command_line_overrides(sys.argv))
+        config = methods.resolve_config(
+            _CONFIG.value, keep=methods.command_line_overrides(sys.argv)
+        )
     except ValueError as e:
         raise app.UsageError(str(e)) from e
     result = train.train_and_evaluate(config, workdir)

@@ -31,52 +31,6 @@ _STEPS = flags.DEFINE_integer(
 flags.mark_flags_as_required(['workdir'])
 
 
-def sample_workdir(
-    workdir: str,
-    num: int,
-    seed: int = 0,
-    labels=None,
-    alpha: float | None = None,
-    steps: int = 0,
-) -> np.ndarray:
-    """num samples from the newest checkpoint's EMA parameters (`steps`: sampling steps of
-    a multi-step method, 0 for its default).
-
-    Returns [num, D] points in data coordinates, or [num, H, W, C] images in [0, 1].
-    """
-    if num <= 0:
-        raise ValueError(f'--num must be positive, got {num}.')
-    import inspect
-
-    import jax
-
-    from drift_jax import train
-
-    run, state, _ = train.load_run(workdir)
-    key = jax.random.PRNGKey(seed)
-    options = {}
-    if steps:
-        if 'steps' not in inspect.signature(run.method.sample).parameters:
-            raise ValueError(
-                f'--steps applies to multi-step methods; this workdir holds a '
-                f'{run.method.name!r} run.'
-            )
-        options['steps'] = steps
-    if run.task.kind == 'images':
-        return train.sample(
-            run,
-            state.ema_params,
-            key,
-            num,
-            labels=labels,
-            alpha=1.0 if alpha is None else alpha,
-            **options,
-        )
-    if labels is not None or alpha not in (None, 1.0):
-        raise ValueError('--labels and --alpha apply to image workdirs only.')
-    return train.sample(run, state.ema_params, key, num, **options)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -87,6 +41,8 @@ def main(argv):
     if _ALPHA.value < 1:
         raise app.UsageError(f'--alpha must be >= 1, got {_ALPHA.value}.')
     labels = None if _LABELS.value is None else [int(v) for v in _LABELS.value]
+    from drift_jax.train import sample_workdir
+
     x = sample_workdir(
         _WORKDIR.value,
         _NUM.value,

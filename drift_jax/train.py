@@ -9,6 +9,7 @@ importable on their own for notebooks and benchmarks.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import signal
@@ -438,3 +439,43 @@ def load_run(workdir: str) -> tuple[Run, TrainState, int]:
         raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints yet.')
     state, step = restored
     return run, state, step
+
+
+def sample_workdir(
+    workdir: str,
+    num: int,
+    seed: int = 0,
+    labels=None,
+    alpha: float | None = None,
+    steps: int = 0,
+) -> np.ndarray:
+    """num samples from the newest checkpoint's EMA parameters (`steps`: sampling steps of
+    a multi-step method, 0 for its default).
+
+    Returns [num, D] points in data coordinates, or [num, H, W, C] images in [0, 1].
+    """
+    if num <= 0:
+        raise ValueError(f'--num must be positive, got {num}.')
+    run, state, _ = load_run(workdir)
+    key = jax.random.PRNGKey(seed)
+    options = {}
+    if steps:
+        if 'steps' not in inspect.signature(run.method.sample).parameters:
+            raise ValueError(
+                f'--steps applies to multi-step methods; this workdir holds a '
+                f'{run.method.name!r} run.'
+            )
+        options['steps'] = steps
+    if run.task.kind == 'images':
+        return sample(
+            run,
+            state.ema_params,
+            key,
+            num,
+            labels=labels,
+            alpha=1.0 if alpha is None else alpha,
+            **options,
+        )
+    if labels is not None or alpha not in (None, 1.0):
+        raise ValueError('--labels and --alpha apply to image workdirs only.')
+    return sample(run, state.ema_params, key, num, **options)

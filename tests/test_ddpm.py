@@ -151,22 +151,18 @@ def test_toy_run_nfe_resume_and_sampler_options(tmp_path):
     with pytest.raises(ValueError, match='alpha .guidance. applies to labelled data'):
         train.sample(run, state.ema_params, key, 3, alpha=2.0)
 
-    from drift_jax.sample import sample_workdir
-
-    cli = sample_workdir(workdir, 7, seed=0, steps=4)
+    cli = train.sample_workdir(workdir, 7, seed=0, steps=4)
     assert cli.shape == (7, 2) and np.all(np.isfinite(cli))
 
 
 def test_steps_are_refused_for_a_one_step_method(tmp_path):
-    from drift_jax.sample import sample_workdir
-
     c = defaults.toy_config()
     c.train.steps = c.eval.every = c.train.checkpoint_every = 2
     c.train.batch_size = c.train.num_pos = 64
     c.eval.num_samples, c.eval.plot_points, c.eval.draws = 50, 50, 1
     train.train_and_evaluate(c, str(tmp_path / 'w'))
     with pytest.raises(ValueError, match="--steps applies to multi-step methods.*'drifting'"):
-        sample_workdir(str(tmp_path / 'w'), 5, steps=10)
+        train.sample_workdir(str(tmp_path / 'w'), 5, steps=10)
 
 
 def test_class_conditional_digits_with_guidance(tmp_path):

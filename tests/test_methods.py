@@ -108,10 +108,8 @@ def test_method_settings_naming_a_missing_field_are_rejected():
 
 
 def test_command_line_overrides_are_collected():
-    from drift_jax import main
-
     argv = ['x', '--config=c.py', '--config.train.steps=5', '--config.method', 'drifting']
-    assert main.command_line_overrides(argv) == ('train.steps', 'method')
+    assert methods.command_line_overrides(argv) == ('train.steps', 'method')
 
 
 def test_saved_configs_of_the_mae_task_read_as_the_mae_method():

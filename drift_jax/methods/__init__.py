@@ -8,6 +8,8 @@ file may carry per-method settings in `config.method_settings.<name>`, applied b
 
 from __future__ import annotations
 
+import re
+
 import ml_collections
 
 from drift_jax.methods.base import Method, Update
@@ -19,7 +21,14 @@ from drift_jax.methods.ncsn import NCSN
 METHODS: dict[str, type[Method]] = {'drifting': Drifting, 'ddpm': DDPM, 'ncsn': NCSN, 'mae': MAE}
 DEFAULT_METHOD = 'drifting'
 
-__all__ = ['METHODS', 'Method', 'Update', 'method_class', 'resolve_config']
+__all__ = [
+    'METHODS',
+    'Method',
+    'Update',
+    'command_line_overrides',
+    'method_class',
+    'resolve_config',
+]
 
 
 def method_class(name: str) -> type[Method]:
@@ -68,3 +77,16 @@ def resolve_config(config: ml_collections.ConfigDict, keep=()) -> ml_collections
     if chosen:
         _override(out, chosen, frozenset(keep))
     return out
+
+
+def command_line_overrides(argv: list[str]) -> tuple[str, ...]:
+    """Dotted config names set on the command line (`--config.train.steps=5` -> train.steps).
+
+    They win over a config file's `method_settings` for the chosen method.
+    """
+    names = []
+    for arg in argv:
+        m = re.match(r'--config\.([\w.]+)', arg)
+        if m:
+            names.append(m.group(1))
+    return tuple(names)
