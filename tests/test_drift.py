@@ -1,8 +1,8 @@
 """Specification tests for drift_jax.field: the drifting field and the drifting loss.
 
-The field is checked against a float64 NumPy reference written straight from the formula of
-DESIGN.md section 1 (explicit loop over temperatures, masked log-sum-exp softmaxes), then
-against the properties DESIGN.md lists: anti-symmetry, zero field for equal sets, attraction
+The field is checked against a float64 NumPy reference written straight from its definition
+in docs/field.md (explicit loop over temperatures, masked log-sum-exp softmaxes), then
+against the properties the field guarantees: anti-symmetry, zero field for equal sets, attraction
 to an isolated cluster, the loss gradient, finiteness in degenerate cases, the grouped form,
 bad-input errors, and the difference from the floored affinity of the official code.
 
@@ -320,7 +320,7 @@ def test_pairwise_distances_matches_numpy() -> None:
 
 
 # ----------------------------------------------------------------------------
-# 2. Properties from DESIGN.md.
+# 2. Properties the field guarantees.
 
 
 @pytest.mark.parametrize(
@@ -416,7 +416,7 @@ def test_loss_gradient_is_minus_field(scale_dist: bool) -> None:
 
 
 def _degenerate_inputs(kind: str):
-    """(x, y_pos, options) for the degenerate cases DESIGN.md lists."""
+    """(x, y_pos, options) for the degenerate cases the field must handle."""
     rng = np.random.default_rng(5)
     if kind == 'duplicates':
         x = _f32(rng.normal(size=(N, D)))

@@ -1,5 +1,5 @@
 """Tests for drift_jax.models.encoders: the ResNet encoder, its MAE objective, the multi-scale
-feature sets and the feature-space drifting loss (DESIGN.md section 1).
+feature sets and the feature-space drifting loss (docs/images.md).
 
 Encoders are tiny (widths of 4-16 channels) and shapes are checked with eval_shape.
 """
