@@ -130,3 +130,26 @@ def test_toy_run_nfe_resume_and_sampling(tmp_path):
 def test_sliced_score_matching_trains(tmp_path):
     result = train.train_and_evaluate(tiny_config(**{'ncsn.loss': 'ssm'}), str(tmp_path / 'w'))
     assert np.isfinite(result['energy_ratio'])
+
+
+def test_guidance_mixes_conditional_and_null_predictions():
+    from drift_jax.methods import conditioning
+
+    calls = []
+
+    def fn(labels):
+        calls.append(np.asarray(labels))
+        return jnp.where(labels[:, None] == 10, 1.0, 3.0) * jnp.ones((3, 2))
+
+    labels = jnp.asarray([0, 4, 9])
+    np.testing.assert_allclose(conditioning.guided(fn, labels, 1.0, 10), 3.0)
+    assert len(calls) == 1 and conditioning.guided_nfe(7, 1.0) == 7
+    # out_u + alpha (out_c - out_u) = 1 + 2.5 (3 - 1)
+    np.testing.assert_allclose(conditioning.guided(fn, labels, 2.5, 10), 6.0)
+    assert list(calls[-1]) == [10, 10, 10] and conditioning.guided_nfe(7, 2.5) == 14
+    with pytest.raises(ValueError, match='alpha must be >= 0, got -1.0'):
+        conditioning.guidance_scale(-1.0, 1.0, 10)
+    with pytest.raises(ValueError, match='applies to labelled data only'):
+        conditioning.guidance_scale(2.0, 1.0, 0)
+    dropped = conditioning.drop_labels(jax.random.PRNGKey(0), jnp.zeros(4000, jnp.int32), 0.1, 10)
+    assert 0.08 < float(jnp.mean(dropped == 10)) < 0.12 and set(np.unique(dropped)) == {0, 10}

@@ -33,6 +33,13 @@ import ml_collections
 import numpy as np
 
 from drift_jax.methods.base import Method, Update
+from drift_jax.methods.conditioning import (
+    drop_labels,
+    guidance_scale,
+    guided,
+    guided_nfe,
+    sampling_labels,
+)
 from drift_jax.models.denoisers import make_denoiser
 
 SCHEDULES = ('linear', 'cosine')
@@ -154,9 +161,7 @@ class DDPM(Method):
             x0, labels = batch['images'], batch['labels']
         else:
             x0, labels = self.task.draw(k_data, n), None
-        if self.num_classes:
-            drop = jax.random.uniform(k_drop, labels.shape) < self.config.ddpm.label_dropout
-            labels = jnp.where(drop, self.num_classes, labels)
+        labels = drop_labels(k_drop, labels, self.config.ddpm.label_dropout, self.num_classes)
         t = jax.random.randint(k_t, (x0.shape[0],), 0, self.diffusion.timesteps)
         eps = jax.random.normal(k_eps, x0.shape)
         x_t = self.diffusion.q_sample(x0, t, eps)
@@ -173,11 +178,7 @@ class DDPM(Method):
         t_max = self.diffusion.timesteps
         steps = int(steps or self.config.eval.get('sample_steps', 0) or t_max)
         check_steps(steps, t_max, 'steps')
-        alpha = float(self.config.eval.get('alpha', 1.0) if alpha is None else alpha)
-        if not self.num_classes and alpha != 1.0:
-            raise ValueError('alpha (guidance) applies to labelled data only.')
-        if not alpha >= 0:
-            raise ValueError(f'alpha must be >= 0, got {alpha}.')
+        alpha = guidance_scale(alpha, self.config.eval.get('alpha', 1.0), self.num_classes)
         ancestral = steps == t_max and eta is None
         eta = float(self.config.ddpm.eta if eta is None else eta)
         if not 0 <= eta <= 1:
@@ -186,18 +187,13 @@ class DDPM(Method):
 
     def nfe(self, steps: int | None = None, alpha: float | None = None, eta=None) -> int:
         steps, alpha, _, _ = self._options(steps, alpha, eta)
-        return steps * (2 if alpha != 1.0 else 1)
+        return guided_nfe(steps, alpha)
 
     def sample(self, params, key, n, labels=None, steps=None, alpha=None, eta=None):
         """n samples: `steps` = T runs the ancestral sampler, fewer DDIM with `eta`
         (default `ddpm.eta`); `alpha` is the guidance scale (labelled data)."""
         steps, alpha, eta, ancestral = self._options(steps, alpha, eta)
-        if self.num_classes:
-            from drift_jax.tasks.images import check_labels
-
-            labels = jnp.asarray(check_labels(labels, n, self.num_classes))
-        elif labels is not None:
-            raise ValueError('labels apply to labelled data only.')
+        labels = sampling_labels(labels, n, self.num_classes)
         out = self._sample_jit(params['denoiser'], key, n, labels, steps, alpha, eta, ancestral)
         return np.asarray(out)
 
@@ -212,12 +208,9 @@ class DDPM(Method):
         def eps_of(x, t):
             # One condition for the whole batch: its embedding is computed once, not n times.
             tt = jnp.full((1,), t, jnp.float32)
-            eps = self.model.apply(params, x, tt, labels)
-            if alpha != 1.0:
-                null = jnp.full((n,), self.num_classes, jnp.int32)
-                eps_u = self.model.apply(params, x, tt, null)
-                eps = eps_u + alpha * (eps - eps_u)
-            return eps
+            return guided(
+                lambda lab: self.model.apply(params, x, tt, lab), labels, alpha, self.num_classes
+            )
 
         def step(x, inputs):
             t, t_prev, k = inputs

@@ -28,6 +28,13 @@ import ml_collections
 import numpy as np
 
 from drift_jax.methods.base import Method, Update
+from drift_jax.methods.conditioning import (
+    drop_labels,
+    guidance_scale,
+    guided,
+    guided_nfe,
+    sampling_labels,
+)
 from drift_jax.models.denoisers import make_denoiser
 
 LOSSES = ('dsm', 'ssm')
@@ -148,9 +155,7 @@ class NCSN(Method):
             x, labels = batch['images'], batch['labels']
         else:
             x, labels = self.task.draw(k_data, self.config.train.batch_size), None
-        if self.num_classes:
-            drop = jax.random.uniform(k_drop, labels.shape) < c.label_dropout
-            labels = jnp.where(drop, self.num_classes, labels)
+        labels = drop_labels(k_drop, labels, c.label_dropout, self.num_classes)
         sigma = self.sigmas[jax.random.randint(k_level, (x.shape[0],), 0, len(self.sigmas))]
         z = jax.random.normal(k_z, x.shape)
 
@@ -171,25 +176,18 @@ class NCSN(Method):
         )
         if steps < 1:
             raise ValueError(f'steps must be a positive integer, got {steps}.')
-        alpha = float(self.config.eval.get('alpha', 1.0) if alpha is None else alpha)
-        if not self.num_classes and alpha != 1.0:
-            raise ValueError('alpha (guidance) applies to labelled data only.')
+        alpha = guidance_scale(alpha, self.config.eval.get('alpha', 1.0), self.num_classes)
         return steps, alpha
 
     def nfe(self, steps: int | None = None, alpha: float | None = None) -> int:
         steps, alpha = self._options(steps, alpha)
         n = len(self.sigmas) * steps + int(self.config.ncsn.final_denoise)
-        return n * (2 if alpha != 1.0 else 1)
+        return guided_nfe(n, alpha)
 
     def sample(self, params, key, n, labels=None, steps=None, alpha=None):
         """n samples by annealed Langevin dynamics with `steps` per noise level."""
         steps, alpha = self._options(steps, alpha)
-        if self.num_classes:
-            from drift_jax.tasks.images import check_labels
-
-            labels = jnp.asarray(check_labels(labels, n, self.num_classes))
-        elif labels is not None:
-            raise ValueError('labels apply to labelled data only.')
+        labels = sampling_labels(labels, n, self.num_classes)
         return np.asarray(self._sample_jit(params['score'], key, n, labels, steps, alpha))
 
     @functools.partial(jax.jit, static_argnums=(0, 3, 5, 6))
@@ -202,11 +200,9 @@ class NCSN(Method):
         def score(x, sigma):
             # One noise level for the whole batch: its embedding is computed once.
             s = jnp.full((1,), sigma)
-            out = self.score(params, x, s, labels)
-            if alpha != 1.0:
-                out_u = self.score(params, x, s, jnp.full((n,), self.num_classes, jnp.int32))
-                out = out_u + alpha * (out - out_u)
-            return out
+            return guided(
+                lambda lab: self.score(params, x, s, lab), labels, alpha, self.num_classes
+            )
 
         def level(x, inputs):
             sigma, k = inputs
