@@ -1,9 +1,10 @@
 """The drifting field V(x) and the drifting loss, as pure JAX functions.
 
 Modules: `options` (DriftOptions), `engine` (the passes shared by every form), `dense` and
-`blocked` (the two single-device forms), `driver` (input checks, the choice of form, the
-groups), `api` (`compute_drift_field`, `drift_loss`) and `sharded` (the queries split over a
-device mesh). Import the public functions from here.
+`blocked` (the two single-device forms), `floored` (the official release's floored affinity,
+`affinity_floor > 0`), `driver` (input checks, the choice of form, the groups), `api`
+(`compute_drift_field`, `drift_loss`) and `sharded` (the queries split over a device mesh).
+Import the public functions from here.
 """
 
 from drift_jax.field.api import (

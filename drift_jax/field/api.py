@@ -67,6 +67,7 @@ def compute_drift_field(
     scale_dist: bool = True,
     normalize_drift: bool = True,
     block_size: int | None = None,
+    affinity_floor: float = 0.0,
     return_stats: bool = False,
 ):
     """Drifting field V_{p,q}(x): where each query should move (toward y_pos, away from y_neg).
@@ -78,6 +79,13 @@ def compute_drift_field(
         V_i = (sum_k A-_ik) sum_j A+_ij y+_j - (sum_j A+_ij) sum_k A-_ik y-_k,
 
     summed over temperatures (each divided by its RMS when `normalize_drift`).
+
+    `affinity_floor > 0` computes the official release's loss instead (dense form only):
+    a_ij = w_j sqrt(max(softmax_j(l)_ij softmax_i(l)_ij, affinity_floor)) (it uses 1e-6),
+    its self-mask (+100 on the scaled self distance, so masked pairs get the floor too),
+    one distance scale over all pairs and groups, self pairs included, and each
+    temperature's field divided by its RMS over all groups. On low-dimensional data the
+    floor flattens the weights: see docs/field.md.
 
     Args:
       x: queries (the generated samples), [N, D] or grouped [G, N, D]; any float dtype.
@@ -92,8 +100,9 @@ def compute_drift_field(
       weights_pos: per-positive weights, [M+] or [G, M+] (default ones).
       weights_neg: per-negative weights, [M-] or [G, M-] (default ones); classifier-free
         guidance gives unconditional reals the weight (alpha - 1)(N_gen - 1) / N_uncond.
-      temperatures, kernel, normalize, self_mask, scale_dist, normalize_drift, block_size:
-        see `DriftOptions` (defaults are the paper's choices).
+      temperatures, kernel, normalize, self_mask, scale_dist, normalize_drift, block_size,
+        affinity_floor: see `DriftOptions` (defaults are the paper's choices; the floor
+        defaults to 0, the exact field).
       return_stats: also return a dict of diagnostics (distance scale, RMS per temperature).
 
     Returns:
@@ -107,6 +116,7 @@ def compute_drift_field(
         scale_dist=scale_dist,
         normalize_drift=normalize_drift,
         block_size=block_size,
+        affinity_floor=affinity_floor,
     )
     return compute_drift_field_with(
         x,

@@ -1,9 +1,10 @@
 """One driver for the three forms of the field: input checks, the choice of form, the groups.
 
 `field_scaled` checks and groups the inputs, chooses the dense or the blocked form
-(`select_block_size`) and runs it over the groups; `sharded.py` calls the same per-group
-function (`group_field_fn`) inside its `shard_map`. `loss_from_field` turns a field into the
-drifting loss for every form.
+(`select_block_size`; the floored form of `DriftOptions.affinity_floor` is always dense) and
+runs it over the groups; `sharded.py` calls the same per-group function (`group_field_fn`)
+inside its `shard_map`. `loss_from_field` turns a field into the drifting loss for every
+form.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from drift_jax.field import blocked, dense
+from drift_jax.field import blocked, dense, floored
 from drift_jax.field.options import DriftOptions
 
 Array = jax.Array
@@ -174,13 +175,25 @@ def field_scaled(
     `form` forces 'dense' or 'blocked' (benchmarks and tests); 'auto' uses
     `select_block_size`. `chunk_groups=False` vectorises every group at once instead of
     running them in chunks of `group_chunk`; `one_exp=False` keeps the blocked form of one
-    group on two exponentials per entry (benchmarks).
+    group on two exponentials per entry (benchmarks). A positive `opts.affinity_floor`
+    always takes the floored dense form (`floored.floored_field`, all groups at once since
+    they share one scale); `form='blocked'` then raises.
     """
     # No negatives given: they are the queries themselves, with unit weights.
     neg_is_queries = y_neg is None and weights_neg is None
     x, y_pos, y_neg, w_pos, w_neg, mask_self, grouped = prepare(
         x, y_pos, y_neg, weights_pos, weights_neg, opts
     )
+    if opts.affinity_floor:
+        if form == 'blocked':
+            raise ValueError(
+                f'affinity_floor={opts.affinity_floor:g} is computed by the dense form only; '
+                "use form='auto' or 'dense' (in configs: drift.block_size=0)."
+            )
+        v, coord_scale, stats = floored.floored_field(
+            x, y_pos, y_neg, w_pos, w_neg, opts, mask_self
+        )
+        return x, v, coord_scale, stats, grouped
     g, n, d = x.shape
     m, num_t = y_pos.shape[1] + y_neg.shape[1], len(opts.temperatures)
     if form == 'dense':

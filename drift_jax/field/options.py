@@ -7,6 +7,7 @@ config file (`--config.drift.temperatures=...` on the command line).
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from typing import Any
 
@@ -36,6 +37,12 @@ class DriftOptions:
       block_size: targets per block for the blocked (streaming) form, which never builds
         the N x M matrices; 0 or None chooses automatically (`select_block_size`: dense
         while its matrices are small, blocked beyond).
+      affinity_floor: 0 (default) keeps the exact log-space geometric mean. A positive value
+        f gives the official release's loss instead: affinities sqrt(max(row softmax *
+        column softmax, f)) (the release uses 1e-6), with its self-mask, its single distance
+        scale over all pairs and groups and its RMS normalisation (`floored.py`). It needs
+        kernel='laplace', normalize='both' and the dense form (block_size 0 or None), and
+        the sharded form refuses it.
     """
 
     temperatures: tuple[float, ...] = PAPER_TEMPERATURES
@@ -45,6 +52,7 @@ class DriftOptions:
     scale_dist: bool = True
     normalize_drift: bool = True
     block_size: int | None = None
+    affinity_floor: float = 0.0
 
     def __post_init__(self):
         temps = self.temperatures
@@ -52,6 +60,9 @@ class DriftOptions:
             temps = (temps,)
         temps = tuple(float(t) for t in temps)
         object.__setattr__(self, 'temperatures', temps)
+        floor = self.affinity_floor
+        if isinstance(floor, numbers.Real) and not isinstance(floor, bool):
+            object.__setattr__(self, 'affinity_floor', float(floor))
         validate_options(self)
 
 
@@ -80,6 +91,44 @@ def validate_options(opts: DriftOptions) -> None:
         raise ValueError(
             f'drift.block_size={bs} must be a positive number of targets per block, or '
             '0/None for the automatic choice.'
+        )
+    _validate_floor(opts)
+
+
+def _validate_floor(opts: DriftOptions) -> None:
+    """A floor must be finite and >= 0; a positive one fixes the kernel, the normalisation
+    and the form to the official release's (the only combination it defines)."""
+    floor = opts.affinity_floor
+    if isinstance(floor, bool) or not isinstance(floor, numbers.Real):
+        raise ValueError(
+            f'drift.affinity_floor={floor!r} must be a number: 0 for the exact field, or a '
+            'positive floor such as the official 1e-6.'
+        )
+    if not math.isfinite(floor) or floor < 0:
+        raise ValueError(
+            f'drift.affinity_floor={floor!r} must be finite and >= 0: 0 for the exact field, '
+            'or a positive floor such as the official 1e-6.'
+        )
+    if floor == 0:
+        return
+    if opts.kernel != 'laplace':
+        raise ValueError(
+            f'drift.affinity_floor={floor:g} reproduces the official loss, whose kernel is '
+            f"Laplace; drift.kernel={opts.kernel!r} has no floored form. Use kernel='laplace' "
+            'or affinity_floor=0.'
+        )
+    if opts.normalize != 'both':
+        raise ValueError(
+            f'drift.affinity_floor={floor:g} floors the product of the softmax over targets '
+            f'and the softmax over queries; drift.normalize={opts.normalize!r} has no such '
+            "product. Use normalize='both' or affinity_floor=0."
+        )
+    if opts.block_size:
+        raise ValueError(
+            f'drift.affinity_floor={floor:g} is computed by the dense form only, but '
+            f'drift.block_size={opts.block_size} asks for the blocked form. Set '
+            'drift.block_size=0 (with a floor the automatic choice is always dense) or '
+            'affinity_floor=0.'
         )
 
 

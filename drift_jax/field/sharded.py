@@ -26,6 +26,13 @@ def _pad_rows(a: Array, rows: int) -> Array:
 
 def _sharded_field_scaled(x, y_pos, y_neg, weights_pos, weights_neg, opts, mesh, axis):
     """Field in scaled coordinates: (x [G,N,D], v [G,N,D], coord_scale [G], stats, grouped)."""
+    if opts.affinity_floor:
+        raise ValueError(
+            f'affinity_floor={opts.affinity_floor:g} (the official loss) is computed by the '
+            'single-device dense form only; the sharded field does not implement it. Use '
+            'compute_drift_field / drift_loss, train on a mesh whose data axis has one '
+            'device (--config.mesh.data=1 --config.mesh.fsdp=-1), or set affinity_floor=0.'
+        )
     x, y_pos, y_neg, w_pos, w_neg, mask_self, grouped = driver.prepare(
         x, y_pos, y_neg, weights_pos, weights_neg, opts
     )

@@ -125,6 +125,16 @@ class Drifting(Method):
             self._init_points()
         else:
             self._init_images()
+        floor = self.drift_options.affinity_floor
+        sharded = mesh.shape['data'] > 1 and getattr(self, 'encoder', None) is None
+        if floor and sharded:
+            # Checked here, before any compile: the sharded field refuses a floor.
+            raise ValueError(
+                f"drift.affinity_floor={floor:g} needs the single-device field, but the mesh's "
+                f'data axis has {mesh.shape["data"]} devices (the sharded field does not '
+                'implement the floor). Use --config.mesh.data=1 --config.mesh.fsdp=-1 or '
+                'drift.affinity_floor=0.'
+            )
 
     # -- points --------------------------------------------------------------------------
 
