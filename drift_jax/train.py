@@ -246,13 +246,21 @@ def _global_batch(batch, mesh):
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
-def _check_finite(step: int, values: dict[str, float], last_saved: int | None) -> None:
+def _check_finite(step: int, values: dict[str, float], last_saved: int | None, method=None) -> None:
+    """Raises FloatingPointError naming the step, the last good checkpoint and what to try
+    when a loss or gradient norm is not finite, or when `method.diagnose` finds a failure."""
     watched = {k: v for k, v in values.items() if k.startswith(('loss', 'grad_norm'))}
     bad = {k: v for k, v in watched.items() if not np.isfinite(v)}
     if bad:
         raise FloatingPointError(
             f'Training diverged at step {step}: {bad}. The last good checkpoint '
             f'(step {last_saved}) is kept; lower optim.learning_rate or set optim.grad_clip.'
+        )
+    problem = method.diagnose(values) if method is not None else None
+    if problem:
+        raise FloatingPointError(
+            f'Training diverged at step {step}: {problem} The last good checkpoint '
+            f'(step {last_saved}) is kept.'
         )
 
 
@@ -378,7 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         step, m = pending
         pending = None
         values = {k: float(v) for k, v in jax.device_get(m).items()}
-        _check_finite(step, values, last_saved)
+        _check_finite(step, values, last_saved, run.method)
         if step % config.train.log_every == 0 or step == total:
             writer.write(step, {'step': step, **values})
         shown = {k: f'{v:.4g}' for k, v in values.items() if k.startswith('loss')}

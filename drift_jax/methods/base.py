@@ -92,6 +92,13 @@ class Method:
         del options
         return 1
 
+    def diagnose(self, values: dict[str, float]) -> str | None:
+        """Called with every step's metrics (host floats): a sentence saying why the run
+        cannot go on and what to try (e.g. a discriminator that wins outright), which stops
+        it like a NaN does, or None (the default)."""
+        del values
+        return None
+
     def evaluate(self, params: dict[str, Any], step: int) -> dict[str, float]:
         """The method's own figures at an evaluation, beside the task's (default none)."""
         del params, step
