@@ -41,5 +41,11 @@ setup(
             'sphinx>=7',
             'myst-parser>=2',
         ],
+        # Reading pytorch-fid's Inception weights (.pth) and remaking the test fixture
+        # (docs/fid.md); FID itself runs on the converted .npz without torch.
+        'fid-torch': [
+            'torch>=2.0',
+            'pytorch-fid>=0.3',
+        ],
     },
 )

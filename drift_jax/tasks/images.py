@@ -35,8 +35,13 @@ class ImageTask:
 
     @staticmethod
     def validate(config: ml_collections.ConfigDict) -> None:
-        """Opens the dataset (a missing one fails here, before any compile)."""
+        """Opens the dataset and checks the FID files if asked for (a missing one fails here,
+        before any compile)."""
         open_data(config)
+        if config.eval.get('fid_stats', ''):
+            from drift_jax.eval import fid as fid_eval
+
+            fid_eval.validate_config_paths(config.eval)
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -87,7 +92,8 @@ def check_labels(labels, n: int, num_classes: int) -> np.ndarray:
 
 
 class ImageTaskEvaluator:
-    """FD (with its train-vs-test floor), precision/recall and class accuracy of samples."""
+    """FD (with its train-vs-test floor), precision/recall and class accuracy of samples;
+    with ``eval.fid_stats``, also Inception ``fid`` and ``inception_score``."""
 
     def __init__(self, task: ImageTask, seed: int):
         import jax
@@ -111,6 +117,12 @@ class ImageTaskEvaluator:
             cache_dir=cache,
         )
         self.key = jax.random.fold_in(jax.random.PRNGKey(seed), 0xE7A1)
+        # Inception FID / IS only where the config names reference statistics.
+        self.inception = None
+        if cfg.eval.get('fid_stats', ''):
+            from drift_jax.eval import fid as fid_eval
+
+            self.inception = fid_eval.metrics_for_config(cfg.eval)
 
     def __call__(
         self, sampler: Sampler, step: int, sample_dir: str | None = None
@@ -123,6 +135,9 @@ class ImageTaskEvaluator:
         if not np.all(np.isfinite(x01)):
             raise FloatingPointError(f'The model produced NaN/inf images at step {step}.')
         out = self.evaluator(x01 * 2.0 - 1.0, labels)
+        if self.inception is not None:
+            scores = self.inception(x01)
+            out['fid'], out['inception_score'] = scores['fid'], scores['inception_score']
         if sample_dir is not None:
             from drift_jax import plotting
 
