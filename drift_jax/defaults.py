@@ -23,6 +23,7 @@ def toy_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.name = 'spiral'  # one of drift_jax.data.DATASET_NAMES
     c.data.path = ''  # .npy or .csv point cloud, for name='points'
+    c.data.columns = ()  # columns of data.path to read: names or 0-based indices; () = all
 
     c.model = ml_collections.ConfigDict()
     c.model.name = 'mlp'
@@ -43,6 +44,7 @@ def toy_config() -> ml_collections.ConfigDict:
     c.drift.scale_dist = False
     c.drift.normalize_drift = False
     c.drift.block_size = 0
+    c.drift.affinity_floor = 0.0  # > 0: the official floored affinity (1e-6); docs/field.md
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3
@@ -65,6 +67,7 @@ def toy_config() -> ml_collections.ConfigDict:
     c.train.log_every = 50
     c.train.checkpoint_every = 500
     c.train.max_to_keep = 3
+    c.train.time_budget = 0.0  # seconds of training (evaluations excluded); 0 = none
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 500
@@ -101,6 +104,22 @@ def toy_config() -> ml_collections.ConfigDict:
     c.ncsn.final_denoise = True  # one last step x + sigma_L^2 s(x, sigma_L)
     c.ncsn.label_dropout = 0.1  # labelled data: share of null labels in training
 
+    # GAN (method='gan'): the drifting generator (`model`) against a discriminator of the
+    # same size; non-saturating loss, R1 on the reals, the generator's EMA for samples.
+    c.gan = ml_collections.ConfigDict()
+    c.gan.r1_gamma = 0.1  # weight of (gamma / 2) E ||grad_x D(real)||^2; 0 disables
+    c.gan.disc_learning_rate = 0.0  # discriminator's learning rate; 0 = optim.learning_rate
+    c.gan.stop_patience = 1000  # stop when D wins outright this many steps in a row; 0 = never
+
+    # Denoising diffusion GAN (method='ddgan'): T GAN-modelled reverse steps; the generator
+    # is the `denoiser` network taking [x_t, z], the discriminator and its loss settings are
+    # the GAN's (`gan` block).
+    c.ddgan = ml_collections.ConfigDict()
+    c.ddgan.steps = 4  # T, 1..8; NFE = T
+    c.ddgan.beta_min = 0.1  # the variance-preserving schedule's ends
+    c.ddgan.beta_max = 20.0
+    c.ddgan.latent_dim = 32  # z: coordinates (points) or channels (images; 4 in image_config)
+
     # Settings of the multi-step baselines on low-dimensional data (applied when the method
     # is chosen). Tried so far: only these first settings (5000 steps at batch 1024, the
     # optimiser, EMA and network of the drifting generator); results in docs/ddpm.md and
@@ -113,6 +132,32 @@ def toy_config() -> ml_collections.ConfigDict:
                 'eval': {'every': 5000},
             }
         )
+
+    # The adversarial methods on low-dimensional data: 5000 steps of one discriminator and
+    # one generator update, Adam with lr 2e-4 and beta1 0.5 (the usual GAN setting), R1 0.1,
+    # the generator's EMA (train.ema_decay) for samples. Tried on the spiral (docs/gan.md,
+    # docs/ddgan.md): lr 2e-4 with R1 0.1 reaches the energy floor; ablations there.
+    for name in ('gan', 'ddgan'):
+        c.method_settings[name] = ml_collections.ConfigDict(
+            {
+                'train': {'steps': 5000, 'checkpoint_every': 1000},
+                'eval': {'every': 1000},
+                'optim': {'learning_rate': 2e-4, 'b1': 0.5},
+            }
+        )
+
+    # RealNVP coupling flow (method='flow', docs/flow.md): `layers` affine couplings with
+    # alternating masks, each conditioner an MLP of `depth` hidden layers of `width`.
+    # TUNING-NOTES
+    c.flow = ml_collections.ConfigDict()
+    c.flow.layers = 16
+    c.flow.width = 64
+    c.flow.depth = 3
+    c.flow.scale = 2.0  # bound on log s: log s = scale * tanh(raw / scale)
+    c.flow.actnorm = True  # a learned per-dimension affine (identity init) before each coupling
+    c.method_settings.flow = ml_collections.ConfigDict(
+        {'train': {'steps': 5000, 'checkpoint_every': 1000}, 'eval': {'every': 1000}}
+    )
 
     # Device mesh: `data` shards the batch (-1 = all devices), `fsdp` shards parameters.
     c.mesh = ml_collections.ConfigDict()
@@ -173,15 +218,56 @@ def image_config() -> ml_collections.ConfigDict:
     # The multi-step baselines on images: batches of 128 real images with their labels, one
     # evaluation at the end with a shortened sampler (DDIM, 100 steps; NCSN, 20 Langevin
     # steps per level), since 1000 U-Net evaluations per image take minutes on a CPU.
-    # First settings, not tuned yet: on 8x8 digits they train at ~2.5 steps/s on 2 cores.
+    # The U-Net at base_channels 32 trains at ~2.5 steps/s on 8x8 digits here; 16 channels
+    # (below) runs ~3x faster and meets the digits goal (docs/ddpm.md).
     c.method_settings = ml_collections.ConfigDict()
     for name, sample_steps in (('ddpm', 100), ('ncsn', 20)):
         c.method_settings[name] = ml_collections.ConfigDict(
             {
                 'train': {'steps': 3000, 'batch_size': 128, 'checkpoint_every': 1000},
                 'eval': {'every': 3000, 'sample_steps': sample_steps},
+                'denoiser': {'base_channels': 16},
             }
         )
+    # The adversarial methods on images: batches of 128 real images (the generated batch
+    # takes their labels), the GAN optimiser of the toys.
+    for name in ('gan', 'ddgan'):
+        c.method_settings[name] = ml_collections.ConfigDict(
+            {
+                'train': {'steps': 3000, 'batch_size': 128, 'checkpoint_every': 1000},
+                'eval': {'every': 1000},
+                'optim': {'learning_rate': 2e-4, 'b1': 0.5},
+            }
+        )
+    c.method_settings.ddgan.denoiser = ml_collections.ConfigDict({'base_channels': 16})
+
+    # The coupling flow on images (method='flow'): `levels` squeezes, each with `blocks`
+    # checkerboard and `blocks` channel couplings, half the channels factored out between
+    # levels; conv conditioners of `width` channels and `depth` residual blocks.
+    # IMAGE-NOTES
+    c.flow = ml_collections.ConfigDict()
+    c.flow.levels = 2  # 8x8 and 28x28 images allow 2 (H and W divisible by 2**levels)
+    c.flow.blocks = 2
+    c.flow.width = 32
+    c.flow.depth = 1
+    c.flow.scale = 2.0
+    c.flow.actnorm = True
+    c.method_settings.flow = ml_collections.ConfigDict(
+        {
+            'train': {'steps': 3000, 'batch_size': 64, 'checkpoint_every': 1000},
+            'eval': {'every': 1000},
+        }
+    )
+
+    # Image completion (method='complete', configs/digits_complete.py): the lower rows are
+    # hidden and the U-Net (`denoiser`) fills them in, trained as a conditional GAN with an
+    # L1 term ('gan_l1'; discriminator and R1 from the `gan` block) or with L1 alone ('l1').
+    c.complete = ml_collections.ConfigDict()
+    c.complete.loss = 'gan_l1'  # 'gan_l1' | 'l1'
+    c.complete.l1_weight = 100.0  # lambda of the L1 term
+    c.complete.keep_rows = 0.5  # share of rows shown, from the top
+    c.complete.latent_channels = 1  # noise channels given to the generator (0: none)
+    c.ddgan.latent_dim = 4  # noise channels of the denoising diffusion GAN's U-Net
 
     c.guidance = ml_collections.ConfigDict()
     c.guidance.alpha_max = 1.0  # 1 = no guidance in training
@@ -206,6 +292,11 @@ def image_config() -> ml_collections.ConfigDict:
     c.eval.alpha = 1.0
     c.eval.grid_per_class = 10
     c.eval.classifier_steps = 600
+    # Inception FID and IS (docs/fid.md): reference statistics from `python -m drift_jax.fid
+    # stats`; '' = not computed. Weights: a file, or '' = $DRIFT_JAX_INCEPTION or
+    # ~/.cache/drift_jax/inception_fid.npz.
+    c.eval.fid_stats = ''
+    c.eval.inception_weights = ''
     del c.eval['plot_points']
     del c.eval['extra_metrics']
     del c.eval['draws']

@@ -64,8 +64,10 @@ def main(argv):
         config = methods.resolve_config(
             _CONFIG.value, keep=methods.command_line_overrides(sys.argv)
         )
-    except ValueError as e:
-        raise app.UsageError(str(e)) from e
+        train.validate_config(config)  # before any compile
+    except (ValueError, FileNotFoundError) as e:
+        # A bad setting or data file: its message on one line, without the flags' help.
+        sys.exit(f'drift_jax: error: {e}')
     result = train.train_and_evaluate(config, workdir)
     if result:
         summary = ', '.join(

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import pytest
 
 from drift_jax import field
-from drift_jax.methods import METHODS
+from drift_jax.methods import METHODS, resolve_config
 from drift_jax.models import encoders
 from drift_jax.models import image as image_models
 
@@ -74,6 +74,10 @@ def test_config_builds(name):
             lambda: mae.init_with_output(jax.random.key(0), jnp.zeros((2, h, w, ch)))
         )
         assert out.shape == (2, h, w, ch)
+        return
+    if c.method != 'drifting':
+        resolved = resolve_config(c)
+        METHODS[c.method].validate(resolved, 'images')
         return
     t = c.train
     assert t.batch_size == t.classes_per_step * t.gen_per_class, name

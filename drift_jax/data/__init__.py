@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from drift_jax.data.points import Standardizer, load_points
+from drift_jax.data.points import Standardizer, load_points, parse_columns
 from drift_jax.data.toy import (
     BIMODAL_CENTERS,
     TOY_DATASETS,
@@ -34,6 +34,7 @@ __all__ = [
     'bimodal_mode_fractions',
     'load_points',
     'make_dataset',
+    'parse_columns',
     'sample_toy',
     'validate_data_config',
 ]
@@ -155,6 +156,7 @@ def _check(data_config: Any) -> np.ndarray | None:
     """Validates the config; returns the loaded points for 'points', else None."""
     name = _get(data_config, 'name', None)
     path = _get(data_config, 'path', '') or ''
+    columns = parse_columns(_get(data_config, 'columns', ()))
     if not isinstance(name, str) or name not in DATASET_NAMES:
         raise ValueError(f'unknown dataset name {name!r}; valid names: {", ".join(DATASET_NAMES)}')
     if name != 'points':
@@ -163,27 +165,32 @@ def _check(data_config: Any) -> np.ndarray | None:
                 f'data.path={path!r} is set but data.name={name!r} is a built-in toy dataset; '
                 'set --config.data.name=points to train on the file, or clear data.path'
             )
+        if columns:
+            raise ValueError(
+                f'data.columns={",".join(map(str, columns))!r} is set but data.name={name!r} '
+                'is a built-in toy dataset; data.columns picks columns of a data.path file'
+            )
         return None
     if not path:
         raise ValueError(
             "data.name='points' needs a file: set --config.data.path=FILE "
             '(a .npy or .csv of shape [num_points, dim])'
         )
-    return load_points(path)
+    return load_points(path, columns)
 
 
 def validate_data_config(data_config: Any) -> None:
     """Raises ``ValueError``/``FileNotFoundError`` at once for a bad data config.
 
     Checks ``data_config.name`` is one of ``DATASET_NAMES``; for 'points' that
-    ``data_config.path`` is set and the file passes all ``load_points`` checks;
-    for a toy that ``path`` is empty.
+    ``data_config.path`` is set and the file (its ``data_config.columns``, if set)
+    passes all ``load_points`` checks; for a toy that ``path`` and ``columns`` are empty.
     """
     _check(data_config)
 
 
 def make_dataset(data_config: Any) -> Dataset:
-    """Builds the dataset described by ``data_config`` (fields ``name``, ``path``)."""
+    """Builds the dataset described by ``data_config`` (fields ``name``, ``path``, ``columns``)."""
     points = _check(data_config)
     name = _get(data_config, 'name', None)
     if points is None:
