@@ -6,7 +6,8 @@
 
 `--methods` trains each config with each method (its `method_settings` applied);
 `--steps` also scores the finished run's sampler at these numbers of sampling steps (DDIM
-for ddpm, Langevin steps per level for ncsn) with the same evaluator.
+for ddpm, Langevin steps per level for ncsn) with the same evaluator
+(`drift_jax.comparison.score_sampler`; `python -m drift_jax.compare` compares every method).
 
 Quality is energy_distance / energy_floor on 5000 vs 5000 samples (1.0 = indistinguishable
 from a second data draw); bimodal also reports the fraction of samples in each mode.
@@ -51,19 +52,11 @@ _STEPS = flags.DEFINE_list('steps', [], 'Also score multi-step samplers at these
 
 def score_at_steps(workdir: str, steps: int) -> tuple[float, int, float]:
     """(ED / floor, NFE, sampling seconds) of a finished run's sampler at `steps` steps."""
-    import numpy as np
+    from drift_jax import comparison, train
 
-    from drift_jax import train
-
-    run, state, _ = train.load_run(workdir)
-    evaluator = run.task.make_evaluator(run.config.train.seed)
-    start = time.perf_counter()
-    draws = [
-        np.asarray(run.method.sample(state.ema_params, k, run.config.eval.num_samples, steps=steps))
-        for k in evaluator.gen_keys
-    ]
-    seconds = time.perf_counter() - start
-    return evaluator.score(draws)['energy_ratio'], run.method.nfe(steps=steps), seconds
+    run, state, step = train.load_run(workdir)
+    scored = comparison.score_sampler(run, state.ema_params, step, steps=steps)
+    return scored['energy_ratio'], run.method.nfe(steps=steps), scored['sample_seconds']
 
 
 def main(argv):
@@ -102,6 +95,8 @@ def main(argv):
                 rec[f'sample_seconds_steps{s}'] = round(secs, 1)
             if 'mode_fraction_0' in result:
                 rec['mode_fraction_0'] = round(result['mode_fraction_0'], 3)
+            if 'nll' in result:  # likelihood methods (flow): held-out nats per example
+                rec['nll'] = round(result['nll'], 3)
             records.append(rec)
             print(json.dumps(rec), flush=True)
     print('\n| config | method | steps | seconds | NFE | ED / floor | goal | modes |')

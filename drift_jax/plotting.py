@@ -27,6 +27,8 @@ __all__ = [
     'plot_samples',
     'save_drift_field',
     'save_figure',
+    'scatter_samples',
+    'tile_images',
 ]
 
 Limits = tuple[float, float] | tuple[tuple[float, float], tuple[float, float]]
@@ -131,16 +133,36 @@ def plot_samples(
         ``path``.
     """
     gen = _points(generated, 'generated')
-    ref = None if data is None else _points(data, 'data')
     d = gen.shape[1]
-    if ref is not None and ref.shape[1] != d:
-        raise ValueError(f'dimension mismatch: generated d={d}, data d={ref.shape[1]}')
     if d > 2:
         note = f'(first 2 of {d} dims)'
         title = f'{title} {note}' if title else note
-    xlim, ylim = _square_limits((gen if ref is None else ref)[:, :2], limits)
     fig = new_figure()
     ax = fig.add_subplot(1, 1, 1)
+    scatter_samples(ax, gen, data, limits=limits)
+    ax.legend(loc='upper right', markerscale=max(1.0, 4.0 / math.sqrt(_marker_size(len(gen)))))
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def scatter_samples(ax: Axes, generated: Any, data: Any = None, *, limits: Limits | None = None):
+    """Scatter data (light grey, labelled 'data') under generated samples (red, 'generated')
+    on an existing axes, with square axes of equal spans (see `plot_samples`).
+
+    Args:
+        ax: matplotlib axes to draw on.
+        generated: model samples, ``[n, d]``, ``d >= 2`` (the first two coordinates drawn).
+        data: reference samples, ``[m, d]``, or None.
+        limits: ``(lo, hi)`` for both axes or ``((xlo, xhi), (ylo, yhi))``; default from the
+            data's (else the samples') 0.5 / 99.5 percentiles, padded by 10 %.
+    """
+    gen = _points(generated, 'generated')
+    ref = None if data is None else _points(data, 'data')
+    if ref is not None and ref.shape[1] != gen.shape[1]:
+        raise ValueError(f'dimension mismatch: generated d={gen.shape[1]}, data d={ref.shape[1]}')
+    xlim, ylim = _square_limits((gen if ref is None else ref)[:, :2], limits)
     if ref is not None:
         ax.scatter(
             ref[:, 0],
@@ -164,11 +186,6 @@ def plot_samples(
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
     ax.set_aspect('equal', adjustable='box')
-    ax.legend(loc='upper right', markerscale=max(1.0, 4.0 / math.sqrt(_marker_size(len(gen)))))
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
 
 
 def plot_drift_field(
@@ -359,32 +376,25 @@ def plot_metric_curve(
     return save_figure(fig, path)
 
 
-def image_grid(
+def tile_images(
     images: Any,
-    path: str,
     nrow: int | None = None,
     *,
     padding: int = 2,
     pad_value: float = 1.0,
-) -> str:
-    """Tile images into one PNG grid.
+) -> np.ndarray:
+    """Tile images into one array: ``[rows * (h + padding) + padding,
+    ncol * (w + padding) + padding, c]`` floats in [0, 1] (NaN as 0).
 
-    Layout: ``ncol = nrow or ceil(sqrt(n))`` images per row and ``rows = ceil(n / ncol)``;
-    the output is ``rows * (h + padding) + padding`` pixels high and
-    ``ncol * (w + padding) + padding`` wide. Values are clipped to [0, 1].
+    Layout: ``ncol = nrow or ceil(sqrt(n))`` images per row and ``rows = ceil(n / ncol)``,
+    filled row by row. Values are clipped to [0, 1].
 
     Args:
         images: floats in [0, 1], ``[n, h, w, c]`` with ``c`` in (1, 3, 4) or ``[n, h, w]``.
-        path: output PNG path.
         nrow: images per row (as in torchvision); default ``ceil(sqrt(n))``.
         padding: pixels between and around tiles.
         pad_value: fill value of the padding, in [0, 1].
-
-    Returns:
-        ``path``.
     """
-    from PIL import Image
-
     arr = np.asarray(images, dtype=np.float64)
     if arr.ndim == 3:
         arr = arr[..., None]
@@ -402,8 +412,37 @@ def image_grid(
         r, q = divmod(i, ncol)
         top, left = pad + r * (h + pad), pad + q * (w + pad)
         grid[top : top + h, left : left + w] = arr[i]
-    pixels = np.round(np.clip(np.nan_to_num(grid), 0.0, 1.0) * 255.0).astype(np.uint8)
-    img = Image.fromarray(pixels[..., 0] if c == 1 else pixels)  # L, RGB or RGBA
+    return np.clip(np.nan_to_num(grid), 0.0, 1.0)
+
+
+def image_grid(
+    images: Any,
+    path: str,
+    nrow: int | None = None,
+    *,
+    padding: int = 2,
+    pad_value: float = 1.0,
+) -> str:
+    """Tile images into one PNG grid (the layout of `tile_images`).
+
+    The output is ``rows * (h + padding) + padding`` pixels high and
+    ``ncol * (w + padding) + padding`` wide, ``ncol = nrow or ceil(sqrt(n))``.
+
+    Args:
+        images: floats in [0, 1], ``[n, h, w, c]`` with ``c`` in (1, 3, 4) or ``[n, h, w]``.
+        path: output PNG path.
+        nrow: images per row (as in torchvision); default ``ceil(sqrt(n))``.
+        padding: pixels between and around tiles.
+        pad_value: fill value of the padding, in [0, 1].
+
+    Returns:
+        ``path``.
+    """
+    from PIL import Image
+
+    grid = tile_images(images, nrow, padding=padding, pad_value=pad_value)
+    pixels = np.round(grid * 255.0).astype(np.uint8)
+    img = Image.fromarray(pixels[..., 0] if grid.shape[-1] == 1 else pixels)  # L, RGB or RGBA
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     img.save(path, format='PNG')

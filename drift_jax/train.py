@@ -8,6 +8,7 @@ importable on their own for notebooks and benchmarks.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -92,6 +93,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         _positive(t[name], f'train.{name}', int)
     if not 0 <= t.ema_decay < 1:
         raise ValueError(f'train.ema_decay must be in [0, 1), got {t.ema_decay}.')
+    budget = t.get('time_budget', 0.0)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0:
+        raise ValueError(f'train.time_budget must be seconds >= 0 (0: none), got {budget!r}.')
     _positive(e.every, 'eval.every', int)
     _positive(e.num_samples, 'eval.num_samples', int)
     n_data = mesh_lib.mesh_shape(config.mesh, num_devices)[0]
@@ -264,6 +268,42 @@ def _check_finite(step: int, values: dict[str, float], last_saved: int | None, m
         )
 
 
+class _TrainClock:
+    """Seconds a run has spent training: those recorded with the checkpoint it resumed from,
+    plus this process's time in the loop, evaluations excluded (`paused`)."""
+
+    def __init__(self, before: float):
+        self._before = before
+        self._start = time.perf_counter()
+        self._paused = 0.0
+
+    def seconds(self) -> float:
+        return self._before + time.perf_counter() - self._start - self._paused
+
+    @contextlib.contextmanager
+    def paused(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._paused += time.perf_counter() - start
+
+
+def _out_of_time(clock: _TrainClock, budget: float, step: int, every: int) -> bool:
+    """Whether `train.time_budget` is spent. Every process takes process 0's answer; with
+    several processes that costs a collective, so they ask only every `every` steps."""
+    if not budget:
+        return False
+    if jax.process_count() == 1:
+        return clock.seconds() >= budget
+    if step % every:
+        return False
+    from jax.experimental import multihost_utils
+
+    spent = np.asarray(clock.seconds() >= budget)
+    return bool(multihost_utils.broadcast_one_to_all(spent))
+
+
 def _restore(ckpt: checkpointing.Checkpointer, run: Run):
     """(state, step) from the newest readable checkpoint, or None.
 
@@ -326,8 +366,14 @@ def _evaluator(run: Run, seed: int):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) the run described by `config` in `workdir`.
 
-    Writes `<workdir>/config.json`, `checkpoints/`, `metrics.jsonl`, TensorBoard events and
-    `samples/`. Re-running with the same workdir continues from the newest checkpoint.
+    Writes `<workdir>/config.json`, `checkpoints/`, `metrics.jsonl`, TensorBoard events,
+    `samples/` and `train_seconds.json` (training seconds at each checkpoint). Re-running
+    with the same workdir continues from the newest checkpoint.
+
+    With `train.time_budget` > 0 the loop stops at the first step after that many seconds of
+    training (evaluations excluded, earlier processes of the run included), saves a
+    checkpoint and evaluates; a resumed run gets what is left of the budget, and one whose
+    budget is spent only evaluates again.
 
     Returns:
       The final evaluation metrics (points: 'step', 'energy_distance', 'energy_floor',
@@ -387,7 +433,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         pending = None
         values = {k: float(v) for k, v in jax.device_get(m).items()}
         _check_finite(step, values, last_saved, run.method)
-        if step % config.train.log_every == 0 or step == total:
+        if step % config.train.log_every == 0 or step == total or out_of_time:
             writer.write(step, {'step': step, **values})
         shown = {k: f'{v:.4g}' for k, v in values.items() if k.startswith('loss')}
         for key in ('energy_ratio', 'fd_ratio', 'class_accuracy'):
@@ -395,16 +441,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 shown[key] = f'{last_eval[key]:.3g}'
         progress.set_postfix(shown, refresh=False)
 
-    stopping = False
+    budget = float(config.train.get('time_budget', 0.0))
+    before = writers.read_train_seconds(workdir, start) if restored is not None else None
+    clock = _TrainClock(before or 0.0)  # from here on: compiles count, evaluations do not
+    spent = budget > 0 and (before or 0.0) >= budget  # resumed after its budget ran out
+    stopping = out_of_time = False
     try:
         with _StopRequest() as stop:
-            for step in range(start + 1, total + 1):
+            for step in range(start + 1, (start if spent else total) + 1):
                 batch = _global_batch(run.task.host_batch(step, host_n), run.mesh)
                 state, m = train_step(state, batch)
                 drain()  # fetch step-1 while step runs
                 pending = (step, m)
                 progress.update(1)
-                final = step == total
+                out_of_time = step < total and _out_of_time(
+                    clock, budget, step, config.train.log_every
+                )
+                final = step == total or out_of_time
                 stopping = stop.requested  # read once: a signal may land any time
                 do_save = final or stopping or step % config.train.checkpoint_every == 0
                 do_eval = final or step % config.eval.every == 0
@@ -413,14 +466,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if do_save:
                     ckpt.save(step, state, force=True)
                     last_saved = step
+                    if is_main:
+                        writers.save_train_seconds(workdir, step, clock.seconds())
                 if do_eval:
-                    last_eval = run_eval(step)
+                    with clock.paused():
+                        last_eval = run_eval(step)
                 if stopping:
                     logging.warning('SIGTERM: saved a checkpoint at step %d; stopping.', step)
                     break
+                if out_of_time:
+                    if is_main:
+                        print(
+                            f'drift_jax: time budget of {budget:g} s spent at step {step} '
+                            f'of {total}; stopped',
+                            flush=True,
+                        )
+                    break
             drain()
-            if start >= total and not last_eval:
-                last_eval = run_eval(total)  # already finished: report again
+            if (start >= total or spent) and not last_eval:
+                last_eval = run_eval(min(start, total))  # already finished: report again
     finally:
         progress.close()
         ckpt.close()  # waits for in-flight async saves

@@ -112,6 +112,40 @@ class MetricWriter:
             self._tb.close()
 
 
+TRAIN_SECONDS_FILE = 'train_seconds.json'
+
+
+def save_train_seconds(workdir: str, step: int, seconds: float) -> None:
+    """Records that the run had trained `seconds` (evaluations excluded) at checkpoint `step`.
+
+    `<workdir>/train_seconds.json` maps each checkpointed step to its seconds, so a run that
+    resumes from any kept checkpoint knows the training time behind it (written atomically).
+    """
+    path = os.path.join(workdir, TRAIN_SECONDS_FILE)
+    record = _read_json(path)
+    record[str(int(step))] = round(float(seconds), 3)
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(dict(sorted(record.items(), key=lambda kv: int(kv[0]))), f, indent=0)
+    os.replace(tmp, path)
+
+
+def read_train_seconds(workdir: str, step: int) -> float | None:
+    """Training seconds recorded at checkpoint `step` (`save_train_seconds`), or at the newest
+    recorded step before it when `step` has none; None when nothing is recorded."""
+    saved = _read_json(os.path.join(workdir, TRAIN_SECONDS_FILE))
+    record = {int(k): float(v) for k, v in saved.items()}
+    earlier = [s for s in record if s <= step]
+    return record[max(earlier)] if earlier else None
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 def _line_step(line: str) -> int:
     try:
         return int(json.loads(line).get('step', 0))

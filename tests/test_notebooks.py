@@ -15,6 +15,7 @@ pytest.importorskip('ipykernel', reason=f'ipykernel is not installed; {_MISSING}
 ROOT = Path(__file__).resolve().parents[1]
 TOY_NOTEBOOK = ROOT / 'colabs' / 'toy_drifting.ipynb'
 MNIST_NOTEBOOK = ROOT / 'colabs' / 'mnist_drifting.ipynb'
+COMPARE_NOTEBOOK = ROOT / 'colabs' / 'compare_methods.ipynb'
 TINY_PARAMETERS = 'STEPS = 30\nSNAPSHOTS = (0, 10, 30)\nBATCH = 128\n'
 
 
@@ -61,7 +62,9 @@ def _text(outputs) -> str:
     return ''.join(o.get('text', '') for o in outputs if o.output_type == 'stream')
 
 
-@pytest.mark.parametrize('path', [TOY_NOTEBOOK, MNIST_NOTEBOOK], ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    'path', [TOY_NOTEBOOK, MNIST_NOTEBOOK, COMPARE_NOTEBOOK], ids=lambda p: p.stem
+)
 def test_notebook_is_saved_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
@@ -103,3 +106,20 @@ def test_mnist_notebook_runs_tiny_and_draws(venv_kernel, tmp_path):
     text = _text(outputs)
     assert 'class accuracy' in text and 'spread ratio' in text, text[-2000:]
     assert '  3.00 |' in text, text[-2000:]  # a table row per alpha
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_compare_notebook_runs_tiny_and_draws(venv_kernel, tmp_path):
+    tiny = (
+        "DATA = ('spiral',)\nMETHODS = ('drifting', 'ddpm')\nSTEPS = 4\n"
+        f'DDPM_STEPS = (2, 5, 20)\nOUT = {str(tmp_path / "compare")!r}\nTINY = True\n'
+    )
+    outputs = _execute(
+        _with_parameters(nbformat.read(COMPARE_NOTEBOOK, as_version=4), tiny), venv_kernel
+    )
+    # the sample grid, quality against NFE and against training time
+    assert len(_images(outputs)) >= 3
+    text = _text(outputs)
+    assert '| spiral | drifting | ' in text and '| spiral | ddpm | ' in text, text[-2000:]
+    assert 'NFE 2: ' in text and 'NFE 20: ' in text, text[-2000:]

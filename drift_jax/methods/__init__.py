@@ -13,12 +13,23 @@ import re
 import ml_collections
 
 from drift_jax.methods.base import Method, Update
+from drift_jax.methods.complete import Complete
+from drift_jax.methods.ddgan import DDGAN
 from drift_jax.methods.ddpm import DDPM
 from drift_jax.methods.drifting import Drifting
+from drift_jax.methods.gan import GAN
 from drift_jax.methods.mae import MAE
 from drift_jax.methods.ncsn import NCSN
 
-METHODS: dict[str, type[Method]] = {'drifting': Drifting, 'ddpm': DDPM, 'ncsn': NCSN, 'mae': MAE}
+METHODS: dict[str, type[Method]] = {
+    'drifting': Drifting,
+    'ddpm': DDPM,
+    'ncsn': NCSN,
+    'gan': GAN,
+    'ddgan': DDGAN,
+    'complete': Complete,
+    'mae': MAE,
+}
 DEFAULT_METHOD = 'drifting'
 
 __all__ = [
