@@ -147,8 +147,14 @@ def toy_config() -> ml_collections.ConfigDict:
         )
 
     # RealNVP coupling flow (method='flow', docs/flow.md): `layers` affine couplings with
-    # alternating masks, each conditioner an MLP of `depth` hidden layers of `width`.
-    # TUNING-NOTES
+    # alternating masks, each conditioner an MLP of `depth` hidden layers of `width`:
+    # 16 x (2 -> 64 -> 64 -> 64 -> 4) and the ActNorms are 140,416 parameters (the drifting
+    # generator above: 140,546). Tuned on spiral, 3000 steps at batch 1024, single runs,
+    # held-out NLL / ED-floor at the end: these settings 0.711 / 0.82; lr 1e-3 0.741 / 1.03
+    # (5000 steps: 0.732 / 1.21), lr 3e-3 0.725 / 0.92; scale 1.0 0.730 / 1.14 with a
+    # spike mid-run, scale 3.0 unstable (0.807 / 7.0); no ActNorm 0.711 / 0.96 (no gain
+    # either way); 8 couplings of width 128, depth 2 (139k, half the time per step) 0.824 /
+    # 1.08 at lr 1e-3. About 4.5 minutes per toy here, three evaluations included.
     c.flow = ml_collections.ConfigDict()
     c.flow.layers = 16
     c.flow.width = 64
@@ -156,7 +162,11 @@ def toy_config() -> ml_collections.ConfigDict:
     c.flow.scale = 2.0  # bound on log s: log s = scale * tanh(raw / scale)
     c.flow.actnorm = True  # a learned per-dimension affine (identity init) before each coupling
     c.method_settings.flow = ml_collections.ConfigDict(
-        {'train': {'steps': 5000, 'checkpoint_every': 1000}, 'eval': {'every': 1000}}
+        {
+            'optim': {'learning_rate': 2e-3},
+            'train': {'steps': 3000, 'checkpoint_every': 1000},
+            'eval': {'every': 1000},
+        }
     )
 
     # Device mesh: `data` shards the batch (-1 = all devices), `fsdp` shards parameters.
@@ -243,8 +253,12 @@ def image_config() -> ml_collections.ConfigDict:
 
     # The coupling flow on images (method='flow'): `levels` squeezes, each with `blocks`
     # checkerboard and `blocks` channel couplings, half the channels factored out between
-    # levels; conv conditioners of `width` channels and `depth` residual blocks.
-    # IMAGE-NOTES
+    # levels; conv conditioners of `width` channels and `depth` residual blocks: 285,024
+    # parameters on digits and MNIST (the drifting conv generator: 381k on digits), sized
+    # for 2 CPU cores. On digits, 3000 steps of 64 images (7.4 min here): FD/floor 1.03,
+    # class accuracy 0.98, but held-out bits/dim is best at step 1000 (5.35) and rises to
+    # 6.03 as the flow overfits the 1497 training images; width 16 overfits less (5.45 at
+    # 2000, 5.55 at 3000) with worse samples (FD/floor 1.41). Not run on MNIST yet.
     c.flow = ml_collections.ConfigDict()
     c.flow.levels = 2  # 8x8 and 28x28 images allow 2 (H and W divisible by 2**levels)
     c.flow.blocks = 2

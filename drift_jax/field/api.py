@@ -100,9 +100,9 @@ def compute_drift_field(
       weights_pos: per-positive weights, [M+] or [G, M+] (default ones).
       weights_neg: per-negative weights, [M-] or [G, M-] (default ones); classifier-free
         guidance gives unconditional reals the weight (alpha - 1)(N_gen - 1) / N_uncond.
-      temperatures, kernel, normalize, self_mask, scale_dist, normalize_drift, block_size,
-        affinity_floor: see `DriftOptions` (defaults are the paper's choices; the floor
-        defaults to 0, the exact field).
+      temperatures: see `DriftOptions`, for it and the other options (kernel, normalize,
+        self_mask, scale_dist, normalize_drift, block_size, affinity_floor). Defaults are
+        the paper's choices; the floor defaults to 0, the exact field.
       return_stats: also return a dict of diagnostics (distance scale, RMS per temperature).
 
     Returns:

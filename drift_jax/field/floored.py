@@ -57,7 +57,7 @@ def floored_field(
 ) -> tuple[Array, Array, dict[str, Array]]:
     """The official release's field for all groups at once, in scaled coordinates.
 
-    With targets Y = [y-; y+] (M = M- + M+), weights w and d_ij = sqrt(max(|x_i - Y_j|^2,
+    With targets Y = [y-; y+] (M = M- + M+), weights w and d_ij = sqrt(max(sum((x_i - Y_j)^2),
     1e-8)), one scale for every group, s = sum_{g,i,j} w_j d_ij / (N sum_{g,j} w_j) (self
     pairs included), kernel distances d / max(s, 1e-3) (+100 on self pairs) and
     coordinates y / c with c = max(s / sqrt(D), 1e-3). Per temperature tau, with logits

@@ -17,6 +17,7 @@ from drift_jax.methods.complete import Complete
 from drift_jax.methods.ddgan import DDGAN
 from drift_jax.methods.ddpm import DDPM
 from drift_jax.methods.drifting import Drifting
+from drift_jax.methods.flow import Flow
 from drift_jax.methods.gan import GAN
 from drift_jax.methods.mae import MAE
 from drift_jax.methods.ncsn import NCSN
@@ -27,6 +28,7 @@ METHODS: dict[str, type[Method]] = {
     'ncsn': NCSN,
     'gan': GAN,
     'ddgan': DDGAN,
+    'flow': Flow,
     'complete': Complete,
     'mae': MAE,
 }

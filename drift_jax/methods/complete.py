@@ -7,7 +7,7 @@ the hidden rows (the kept rows are copied from c). With `complete.loss`:
 
 - 'gan_l1':  argmin_G max_D  L_cGAN(G, D) + lambda L1(G), with L_cGAN the non-saturating
   loss of D(c, x) (real pairs: c with its own image; generated: c with G's completion, R1
-  on the reals: the `gan` block) and L1 = E |x - G(c, z)| over the hidden rows;
+  on the reals: the `gan` block) and L1 = E abs(x - G(c, z)) over the hidden rows;
 - 'l1': the same generator with the L1 term only (the regression baseline).
 
 Sampling completes held-out (test split) images of the requested labels, so the image
@@ -131,7 +131,7 @@ class Complete(Method):
         return self.discriminator.apply(d_params, x, context=c)
 
     def _l1(self, fake, real):
-        """Mean |x - G(c, z)| over the hidden rows."""
+        """Mean abs(x - G(c, z)) over the hidden rows."""
         hidden = 1.0 - self.mask
         return jnp.sum(jnp.abs(fake - real) * hidden) / (
             fake.shape[0] * jnp.sum(hidden) * fake.shape[-1]
@@ -206,7 +206,7 @@ class Complete(Method):
         return np.concatenate(out)
 
     def evaluate(self, params: dict[str, Any], step: int) -> dict[str, float]:
-        """`completion_l1`: mean |x - G(c, z)| on the hidden rows of every held-out image."""
+        """`completion_l1`: mean abs(x - G(c, z)) on the hidden rows of every held-out image."""
         del step
         x = jnp.asarray(self.held_out[0])
         fake = self._complete(params['generator'], jax.random.PRNGKey(0), x)
