@@ -37,6 +37,13 @@ def test_r1_penalty_of_known_discriminators():
     x = jax.random.normal(jax.random.PRNGKey(0), (7, 3))
     # Linear: the gradient is w everywhere.
     assert float(adversarial.r1_penalty(lambda x: x @ w, x)) == pytest.approx(5.25, rel=1e-6)
+    # The whole discriminator objective: the loss plus (gamma / 2) R1.
+    fake = x + 1.0
+    loss, stats = adversarial.discriminator_objective(lambda x: x @ w, x, fake, 0.5)
+    plain = adversarial.discriminator_loss(x @ w, fake @ w)
+    assert float(loss) == pytest.approx(float(plain) + 0.25 * 5.25, rel=1e-6)
+    assert float(stats['r1']) == pytest.approx(5.25, rel=1e-6) and 'd_fake' in stats
+    assert 'r1' not in adversarial.discriminator_objective(lambda x: x @ w, x, fake, 0.0)[1]
     # Quadratic sum(x^2): gradient 2x, so E ||2x||^2.
     quad = adversarial.r1_penalty(lambda x: jnp.sum(x**2, -1), x)
     assert float(quad) == pytest.approx(float(jnp.mean(jnp.sum(4 * x**2, -1))), rel=1e-5)

@@ -45,6 +45,22 @@ def discriminator_stats(real_logits: jax.Array, fake_logits: jax.Array) -> dict[
     }
 
 
+def discriminator_objective(
+    logits_fn: Callable[[jax.Array], jax.Array], real: jax.Array, fake: jax.Array, gamma: float
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(loss, stats) of one discriminator update: the non-saturating loss on real [B, ...]
+    and fake [B, ...] samples plus (gamma / 2) R1 on the reals (when gamma > 0); stats
+    'd_real', 'd_fake' and 'r1'. `logits_fn` maps samples to logits [B]."""
+    real_logits, fake_logits = logits_fn(real), logits_fn(fake)
+    loss = discriminator_loss(real_logits, fake_logits)
+    stats = discriminator_stats(real_logits, fake_logits)
+    if gamma:
+        r1 = r1_penalty(logits_fn, real)
+        loss = loss + 0.5 * gamma * r1
+        stats['r1'] = r1
+    return loss, stats
+
+
 def validate_adversarial(block: ml_collections.ConfigDict, name: str) -> None:
     """Checks the settings every adversarial method shares (ValueError naming the value)."""
     if not block.r1_gamma >= 0:

@@ -142,14 +142,9 @@ class Complete(Method):
         c = self.condition(real)
         fake = jax.lax.stop_gradient(self.complete(params['generator'], key, real))
         d = params['discriminator']
-        real_logits, fake_logits = self._logits(d, real, c), self._logits(d, fake, c)
-        loss = adversarial.discriminator_loss(real_logits, fake_logits)
-        stats = adversarial.discriminator_stats(real_logits, fake_logits)
-        gamma = self.config.gan.r1_gamma
-        if gamma:
-            r1 = adversarial.r1_penalty(lambda x: self._logits(d, x, c), real)
-            loss = loss + 0.5 * gamma * r1
-            stats['r1'] = r1
+        loss, stats = adversarial.discriminator_objective(
+            lambda x: self._logits(d, x, c), real, fake, self.config.gan.r1_gamma
+        )
         return loss, (stats, extra)
 
     def _g_loss(self, params, extra, key, batch):

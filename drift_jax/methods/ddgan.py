@@ -169,15 +169,12 @@ class DDGAN(Method):
         real_prev, fake_prev, x_t, t, labels = self._pairs(params, key, batch)
         fake_prev = jax.lax.stop_gradient(fake_prev)
         d = params['discriminator']
-        real_logits = self._logits(d, real_prev, x_t, t, labels)
-        fake_logits = self._logits(d, fake_prev, x_t, t, labels)
-        loss = adversarial.discriminator_loss(real_logits, fake_logits)
-        stats = adversarial.discriminator_stats(real_logits, fake_logits)
-        gamma = self.config.gan.r1_gamma
-        if gamma:
-            r1 = adversarial.r1_penalty(lambda x: self._logits(d, x, x_t, t, labels), real_prev)
-            loss = loss + 0.5 * gamma * r1
-            stats['r1'] = r1
+        loss, stats = adversarial.discriminator_objective(
+            lambda x: self._logits(d, x, x_t, t, labels),
+            real_prev,
+            fake_prev,
+            self.config.gan.r1_gamma,
+        )
         return loss, (stats, extra)
 
     def _g_loss(self, params, extra, key, batch):
