@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from drift_jax.methods.base import check_int
+
 
 def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
     """Non-saturating discriminator loss: mean softplus(-real) + mean softplus(fake)."""
@@ -70,9 +72,7 @@ def validate_adversarial(block: ml_collections.ConfigDict, name: str) -> None:
             f'{name}.disc_learning_rate must be >= 0 (0: optim.learning_rate), '
             f'got {block.disc_learning_rate}.'
         )
-    patience = block.stop_patience
-    if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
-        raise ValueError(f'{name}.stop_patience must be an integer >= 0, got {patience!r}.')
+    check_int(block.stop_patience, f'{name}.stop_patience', 0)
 
 
 class DivergenceWatch:

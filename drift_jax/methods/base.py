@@ -37,6 +37,19 @@ class Update:
     loss: LossFn
 
 
+def check_int(value, name: str, low: int = 1, high: int | None = None) -> None:
+    """Raises ValueError naming `name` unless `value` is an int (not a bool) in [low, high]
+    (no upper bound when high is None): the integer settings of the methods' configs."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    if ok and (high is None or value <= high):
+        return
+    if high is not None:
+        wanted = f'an integer in [{low}, {high}]'
+    else:
+        wanted = 'a positive integer' if low == 1 else f'an integer >= {low}'
+    raise ValueError(f'{name} must be {wanted}, got {value!r}.')
+
+
 class Method:
     """Base class of the methods in `drift_jax.methods.METHODS`.
 

@@ -29,7 +29,7 @@ import optax
 
 from drift_jax import mesh as mesh_lib
 from drift_jax.methods import adversarial
-from drift_jax.methods.base import Method, Update
+from drift_jax.methods.base import Method, Update, check_int
 from drift_jax.methods.gan import discriminator_optimizer, discriminator_size
 from drift_jax.models.denoisers import UNet
 from drift_jax.models.discriminators import make_discriminator
@@ -68,9 +68,7 @@ class Complete(Method):
             raise ValueError(
                 f'complete.l1_weight must be >= 0 (> 0 with loss l1), got {c.l1_weight}.'
             )
-        latent = c.latent_channels
-        if not isinstance(latent, int) or isinstance(latent, bool) or latent < 0:
-            raise ValueError(f'complete.latent_channels must be an integer >= 0, got {latent!r}.')
+        check_int(c.latent_channels, 'complete.latent_channels', 0)
         adversarial.validate_adversarial(config.gan, 'gan')
 
     def __init__(self, config: ml_collections.ConfigDict, task: Any, mesh):

@@ -31,7 +31,7 @@ import optax
 
 from drift_jax import mesh as mesh_lib
 from drift_jax.methods import adversarial
-from drift_jax.methods.base import Method, Update
+from drift_jax.methods.base import Method, Update, check_int
 from drift_jax.methods.conditioning import sampling_labels
 from drift_jax.methods.ddpm import Diffusion
 from drift_jax.methods.gan import discriminator_optimizer, discriminator_size
@@ -66,17 +66,13 @@ class DDGAN(Method):
                 'from drift_jax.defaults (toy_config or image_config).'
             )
         d = config.ddgan
-        steps = d.steps
-        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
-            raise ValueError(f'ddgan.steps must be an integer in [1, {MAX_STEPS}], got {steps!r}.')
+        check_int(d.steps, 'ddgan.steps', 1, MAX_STEPS)
         if not 0 < d.beta_min < d.beta_max:
             raise ValueError(
                 'ddgan.beta_min and ddgan.beta_max must satisfy 0 < beta_min < beta_max, '
                 f'got {d.beta_min} and {d.beta_max}.'
             )
-        latent = d.latent_dim
-        if not isinstance(latent, int) or isinstance(latent, bool) or latent <= 0:
-            raise ValueError(f'ddgan.latent_dim must be a positive integer, got {latent!r}.')
+        check_int(d.latent_dim, 'ddgan.latent_dim')
         adversarial.validate_adversarial(config.gan, 'gan')
 
     def __init__(self, config: ml_collections.ConfigDict, task: Any, mesh):

@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 from drift_jax import data, field
 from drift_jax.data import memory_bank
 from drift_jax.methods import guidance
-from drift_jax.methods.base import Method, Update
+from drift_jax.methods.base import Method, Update, check_int
 from drift_jax.models import image as image_models
 from drift_jax.models import mlp
 
@@ -61,11 +61,6 @@ def generate(model, params, key: jax.Array, n: int, noise_dim: int, mesh=None) -
 _generate_jit = jax.jit(generate, static_argnums=(0, 3, 4))
 
 
-def _positive_int(value, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f'{name} must be a positive integer, got {value!r}.')
-
-
 class Drifting(Method):
     """The drifting method on points (MLP generator) and images (conditional generator)."""
 
@@ -77,7 +72,7 @@ class Drifting(Method):
         t = config.train
         if task_kind == 'points':
             mlp.validate_model_config(config.model)
-            _positive_int(t.num_pos, 'train.num_pos')
+            check_int(t.num_pos, 'train.num_pos')
             if config.model.init != 'default':
                 if config.data.name != 'bimodal':
                     raise ValueError(
@@ -88,7 +83,7 @@ class Drifting(Method):
             return
         g = config.guidance
         for name in _IMAGE_COUNTS:
-            _positive_int(t[name], f'train.{name}')
+            check_int(t[name], f'train.{name}')
         if t.batch_size != t.classes_per_step * t.gen_per_class:
             raise ValueError(
                 f'train.batch_size={t.batch_size} must equal classes_per_step x '

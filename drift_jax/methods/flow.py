@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from drift_jax.methods.base import Method, Update
+from drift_jax.methods.base import Method, Update, check_int
 from drift_jax.methods.conditioning import sampling_labels
 from drift_jax.models.flows import check_levels, make_flow
 
@@ -57,11 +57,6 @@ def bits_per_dim(nll: jax.Array, dim: int, bin_width: float) -> jax.Array:
     return (nll - dim * math.log(bin_width)) / (dim * math.log(2.0))
 
 
-def _positive_int(value, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f'{name} must be a positive integer, got {value!r}.')
-
-
 class Flow(Method):
     """RealNVP affine coupling flow (Dinh et al.), exact likelihood, NFE 1."""
 
@@ -82,7 +77,7 @@ class Flow(Method):
         for name in sizes:
             if name not in f:
                 raise ValueError(f'flow.{name} is missing; start from drift_jax.defaults.')
-            _positive_int(f[name], f'flow.{name}')
+            check_int(f[name], f'flow.{name}')
         if isinstance(f.scale, bool) or not isinstance(f.scale, (int, float)) or not f.scale > 0:
             raise ValueError(f'flow.scale (the bound on log s) must be positive, got {f.scale!r}.')
         if not isinstance(f.actnorm, bool):
