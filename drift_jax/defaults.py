@@ -45,6 +45,7 @@ def toy_config() -> ml_collections.ConfigDict:
     c.drift.normalize_drift = False
     c.drift.block_size = 0
     c.drift.affinity_floor = 0.0  # > 0: the official floored affinity (1e-6); docs/field.md
+    c.drift.loss_reduction = 'sum'  # over coordinates; 'mean' is the official release's
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3

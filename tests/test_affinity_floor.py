@@ -187,6 +187,40 @@ def test_loss_and_stats_with_floor() -> None:
     assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad)).max() > 0
 
 
+@pytest.mark.parametrize('d', [2, 64, 784])
+def test_official_loss_with_mean_reduction(d: int) -> None:
+    """With loss_reduction='mean' the loss is the official one, mean over samples and
+    coordinates of (x/c - sg(x/c + V))^2 = mean(V^2) in its scaled coordinates, and so is
+    its gradient, -2 V / (N D c); 'sum' is D times both."""
+    x, y = _points(d, seed=10 + d)
+    x, y = x[0], y[0]
+    targets = np.concatenate([x, y]).astype(np.float64)
+    sq = np.sum((x[:, None].astype(np.float64) - targets[None]) ** 2, -1)
+    c = max(np.sqrt(np.maximum(sq, 1e-8)).mean() / np.sqrt(d), 1e-3)
+    v_scaled = official_field(x[None], y[None])[0] / c
+    want_loss = np.mean(v_scaled**2)
+    want_grad = -2.0 * v_scaled / (N * d * c)
+    got = {}
+    for reduction in ('mean', 'sum'):
+        opts = DriftOptions(affinity_floor=1e-6, loss_reduction=reduction)
+        loss_fn = jax.jit(lambda a, o=opts: drift_loss(a, y, None, o))
+        (loss, _), grad = jax.value_and_grad(loss_fn, has_aux=True)(x)
+        got[reduction] = float(loss), np.asarray(grad)
+    assert abs(got['mean'][0] - want_loss) / want_loss <= 1e-5
+    assert _rel(got['mean'][1], want_grad) <= 1e-5
+    assert got['sum'][0] == pytest.approx(d * got['mean'][0], rel=1e-5)
+    np.testing.assert_allclose(got['sum'][1], d * got['mean'][1], rtol=1e-4, atol=1e-12)
+
+
+def test_unknown_loss_reduction_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"drift.loss_reduction='max' is unknown.*'sum', 'mean'"):
+        DriftOptions(loss_reduction='max')
+    c = defaults.toy_config()
+    assert c.drift.loss_reduction == 'sum'
+    c.drift.loss_reduction = 'mean'
+    assert options_from_config(c.drift).loss_reduction == 'mean'
+
+
 # ----------------------------------------------------------------------------
 # 2. A zero floor is the exact field; a positive one matters in 2-D.
 

@@ -157,6 +157,9 @@ def drift_loss(
 ) -> tuple[Array, dict[str, Array]]:
     """Drifting loss L = mean_i || x_i - stop_gradient(x_i + V_i) ||^2 (sum over D).
 
+    With `opts.loss_reduction='mean'` (the official release's) the squared error is
+    averaged over D instead of summed, so L and its gradient are 1/D as large.
+
     The field is computed on stop_gradient inputs. With `scale_dist` the loss is measured
     in the scaled coordinates (x / s, s = mean distance / sqrt(D)), as in the paper, so
     feature sets of different magnitudes contribute comparably. Without it,
@@ -175,4 +178,4 @@ def drift_loss(
     _, v, coord_scale, stats, grouped = driver.field_scaled(
         sg(x), sg(y_pos), None if y_neg is None else sg(y_neg), weights_pos, weights_neg, opts
     )
-    return driver.loss_from_field(x, v, coord_scale, stats, grouped)
+    return driver.loss_from_field(x, v, coord_scale, stats, grouped, opts.loss_reduction)

@@ -261,15 +261,24 @@ def field_output(v: Array, coord_scale: Array, stats: dict, grouped: bool, retur
     return v
 
 
-def loss_from_field(x: Array, v: Array, coord_scale: Array, stats: dict, grouped: bool):
-    """Drifting loss from the scaled field v [G, N, D] and coord_scale [G] (see drift_loss)."""
+def loss_from_field(
+    x: Array,
+    v: Array,
+    coord_scale: Array,
+    stats: dict,
+    grouped: bool,
+    reduction: str = 'sum',
+):
+    """Drifting loss from the scaled field v [G, N, D] and coord_scale [G] (see drift_loss);
+    `reduction` ('sum' or 'mean') over the D coordinates, then the mean over G and N."""
     sg = jax.lax.stop_gradient
     xg = jnp.asarray(x).astype(jnp.float32)
     if not grouped:
         xg = xg[None]
     x_scaled = xg / coord_scale[:, None, None]
     target = sg(x_scaled + v)
-    loss = jnp.mean(jnp.sum(jnp.square(x_scaled - target), axis=-1))
+    reduce = jnp.mean if reduction == 'mean' else jnp.sum
+    loss = jnp.mean(reduce(jnp.square(x_scaled - target), axis=-1))
     stats = jax.tree.map(jnp.mean, stats)
     stats['drift_norm'] = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(v), axis=-1)))
     return loss, stats

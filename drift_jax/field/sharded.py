@@ -155,4 +155,4 @@ def sharded_drift_loss(
         mesh,
         axis,
     )
-    return driver.loss_from_field(x, v, coord_scale, stats, grouped)
+    return driver.loss_from_field(x, v, coord_scale, stats, grouped, opts.loss_reduction)
