@@ -15,6 +15,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 # XLA:CPU's lowest backend (LLVM) optimisation level: the suite is mostly compiles of tiny
 # programs, and at -O0 it ran in 468 s against 636 s here (2 cores, 2026-12-01); the few
 # tests that train for a while run somewhat slower. Subprocesses inherit it (tests that set
@@ -48,3 +50,11 @@ if os.environ.get('DRIFT_JAX_TEST_COMPILATION_CACHE', '1') != '0':
 def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
     if _OWNER:
         shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope='session')
+def digits_data_dir(tmp_path_factory) -> str:
+    """One data folder per test process for the 8x8 digits image tests: the dataset is
+    built once, and the evaluator's classifiers, cached there by their settings, are
+    trained once per setting instead of once per test."""
+    return str(tmp_path_factory.mktemp('digits_tfds'))

@@ -201,12 +201,13 @@ def test_a_discriminator_that_wins_stops_the_run(tmp_path, monkeypatch):
     assert 'last good checkpoint (step 4) is kept' in text
 
 
-def _tiny_digits(tmp_path, method):
+def _tiny_digits(data_dir, method):
     c = defaults.image_config()
     c.method = method
     del c['method_settings']
-    c.data.data_dir = str(tmp_path / 'tfds')
+    c.data.data_dir = data_dir
     c.model.base_channels = c.denoiser.base_channels = 8
+    c.denoiser.mults = (1,)  # one level: half the compile time of two
     c.model.noise_dim, c.ddgan.latent_dim, c.ddgan.steps = 8, 2, 2
     c.train.steps, c.train.batch_size = 2, 16
     c.train.log_every = c.train.checkpoint_every = c.eval.every = 2
@@ -214,8 +215,9 @@ def _tiny_digits(tmp_path, method):
     return c
 
 
-def test_class_conditional_gan_on_digits(tmp_path):
-    result = train.train_and_evaluate(_tiny_digits(tmp_path, 'gan'), str(tmp_path / 'w'))
+def test_class_conditional_gan_on_digits(tmp_path, digits_data_dir):
+    config = _tiny_digits(digits_data_dir, 'gan')
+    result = train.train_and_evaluate(config, str(tmp_path / 'w'))
     assert result['nfe'] == 1 and np.isfinite(result['fd'])
     run, state, _ = train.load_run(str(tmp_path / 'w'))
     x = train.sample(run, state.ema_params, jax.random.PRNGKey(0), 4, labels=[3, 7, 3, 7])
@@ -224,10 +226,10 @@ def test_class_conditional_gan_on_digits(tmp_path):
         train.sample(run, state.ema_params, jax.random.PRNGKey(0), 2, alpha=2.0)
 
 
-def test_class_conditional_ddgan_step_and_sampling_on_digits(tmp_path):
+def test_class_conditional_ddgan_step_and_sampling_on_digits(digits_data_dir):
     # The full loop on images is the GAN's test above; here one step of the conditional
     # denoising diffusion GAN and its 2-step sampler.
-    run = train.make_run(_tiny_digits(tmp_path, 'ddgan'))
+    run = train.make_run(_tiny_digits(digits_data_dir, 'ddgan'))
     state = train.create_train_state(run, 0)
     batch = run.task.host_batch(1, run.method.host_batch_size)
     state, metrics = train.make_train_step(run)(state, batch)

@@ -20,12 +20,13 @@ def test_keep_mask_rows():
     assert complete.keep_mask((8, 8, 1), 0.99)[7].max() == 0
 
 
-def tiny_config(tmp_path, **overrides):
+def tiny_config(data_dir, **overrides):
     c = defaults.image_config()
     c.method = 'complete'
     del c['method_settings']
-    c.data.data_dir = str(tmp_path / 'tfds')
+    c.data.data_dir = data_dir
     c.model.base_channels = c.denoiser.base_channels = 8
+    c.denoiser.mults = (1,)  # one level: half the compile time of two
     c.train.steps, c.train.batch_size = 2, 16
     c.train.log_every = c.train.checkpoint_every = c.eval.every = 2
     c.eval.num_samples, c.eval.classifier_steps, c.eval.grid_per_class = 20, 5, 2
@@ -44,9 +45,9 @@ def tiny_config(tmp_path, **overrides):
         ({'complete.latent_channels': -1}, 'complete.latent_channels must be an integer >= 0'),
     ],
 )
-def test_bad_options_are_refused_before_any_compile(tmp_path, overrides, message):
+def test_bad_options_are_refused_before_any_compile(digits_data_dir, overrides, message):
     with pytest.raises(ValueError, match=message):
-        train.validate_config(tiny_config(tmp_path, **overrides))
+        train.validate_config(tiny_config(digits_data_dir, **overrides))
 
 
 def test_points_are_refused(tmp_path):
@@ -56,8 +57,8 @@ def test_points_are_refused(tmp_path):
         train.validate_config(c)
 
 
-def test_completion_runs_and_keeps_the_shown_rows(tmp_path):
-    c = tiny_config(tmp_path)
+def test_completion_runs_and_keeps_the_shown_rows(tmp_path, digits_data_dir):
+    c = tiny_config(digits_data_dir)
     result = train.train_and_evaluate(c, str(tmp_path / 'w'))
     assert np.isfinite(result['completion_l1']) and np.isfinite(result['class_accuracy'])
     assert result['nfe'] == 1
@@ -75,8 +76,8 @@ def test_completion_runs_and_keeps_the_shown_rows(tmp_path):
     assert images.shape == (5, 8, 8, 1) and images.min() >= 0 and images.max() <= 1
 
 
-def test_l1_alone_trains_one_network(tmp_path):
-    run = train.make_run(tiny_config(tmp_path, **{'complete.loss': 'l1'}))
+def test_l1_alone_trains_one_network(digits_data_dir):
+    run = train.make_run(tiny_config(digits_data_dir, **{'complete.loss': 'l1'}))
     state = train.create_train_state(run, 0)
     assert set(state.params) == {'generator'}
     batch = run.task.host_batch(1, run.method.host_batch_size)

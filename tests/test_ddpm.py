@@ -165,11 +165,11 @@ def test_steps_are_refused_for_a_one_step_method(tmp_path):
         train.sample_workdir(str(tmp_path / 'w'), 5, steps=10)
 
 
-def test_class_conditional_digits_with_guidance(tmp_path):
+def test_class_conditional_digits_with_guidance(tmp_path, digits_data_dir):
     c = defaults.image_config()
     c.method = 'ddpm'
     del c['method_settings']
-    c.data.data_dir = str(tmp_path / 'tfds')
+    c.data.data_dir = digits_data_dir
     c.denoiser.base_channels, c.denoiser.mults = 8, (1, 2)
     c.ddpm.timesteps = 10
     c.train.steps, c.train.batch_size = 2, 16

@@ -224,14 +224,14 @@ def test_stats_files_round_trip_and_read_pytorch_fid_layout(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def files(tmp_path_factory):
+def files(tmp_path_factory, digits_data_dir):
     """Random weights of a 1/16-width network fed 75 x 75 images, and statistics of 300
     train digits."""
     d = tmp_path_factory.mktemp('fid')
     variables = inc.random_variables(width_divisor=16)
     weights = str(d / 'inception_w16.npz')
     inc.save_weights(weights, variables, 16, input_size=75)  # 75: CPU-cheap, as the file says
-    data_dir = str(d / 'tfds')
+    data_dir = digits_data_dir
     # One batch size everywhere (here, the run's evaluator, the CLI): one compile, cached.
     ex = inc.InceptionExtractor.from_file(weights, batch_size=BATCH)
     assert ex.size == 75

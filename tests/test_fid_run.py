@@ -24,11 +24,11 @@ BATCH = 200  # InceptionExtractor's default, which the run's evaluator uses: one
 
 
 @pytest.fixture(scope='module')
-def files(tmp_path_factory):
+def files(tmp_path_factory, digits_data_dir):
     d = tmp_path_factory.mktemp('fid_run')
     weights = str(d / 'inception_w16.npz')
     inc.save_weights(weights, inc.random_variables(width_divisor=16), 16, input_size=75)
-    data_dir = str(d / 'tfds')
+    data_dir = digits_data_dir
     ex = inc.InceptionExtractor.from_file(weights, batch_size=BATCH)
     s = fid_lib.dataset_stats('digits', ex, data_dir=data_dir, num=300, pr_num=100)
     stats = str(d / 'digits_train.npz')
@@ -44,7 +44,7 @@ def tiny_config(data_dir, **eval_overrides):
     c.train.classes_per_step, c.train.gen_per_class = 4, 4
     c.train.pos_per_class, c.train.uncond_per_class = 4, 4
     c.train.batch_size, c.train.bank_capacity, c.train.bank_push = 16, 8, 8
-    c.eval.every, c.eval.num_samples, c.eval.classifier_steps = 1, BATCH, 2
+    c.eval.every, c.eval.num_samples, c.eval.classifier_steps = 1, BATCH, 5
     for k, v in eval_overrides.items():
         c.eval[k] = v
     return c

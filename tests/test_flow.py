@@ -217,8 +217,8 @@ def test_toy_run_nll_resume_and_sampling(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp('tfds'))
+def digits_dir(digits_data_dir):
+    return digits_data_dir
 
 
 def _digits_config(data_dir, **overrides):

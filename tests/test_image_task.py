@@ -16,8 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp('tfds'))
+def data_dir(digits_data_dir):
+    return digits_data_dir
 
 
 def tiny_image_config(data_dir, **overrides):
