@@ -300,17 +300,31 @@ def _numbers(d: Mapping[str, Any]) -> dict[str, float]:
 
 
 def time_curve(workdir: str, ratio_key: str) -> dict[str, list[float]]:
-    """{'seconds': [k], 'ratio': [k]}: the run's evaluations in `metrics.jsonl`, seconds
-    counted from its first logged wall time (so they include compiles, evaluations and any
-    pause between a stop and a resume)."""
+    """{'seconds': [k], 'ratio': [k]}: the run's evaluations in `metrics.jsonl` against its
+    training seconds at their steps.
+
+    Training seconds are those the trainer records at each checkpoint
+    (`train_seconds.json`: compiles count, evaluations and pauses between a stop and a
+    resume do not), interpolated linearly between checkpoints, so a method is not charged for
+    how long its own evaluations sample and the last point sits at the table's
+    `train_seconds`. A run without that record falls back to wall-clock seconds since its
+    first logged metrics.
+    """
     has_metrics = os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
     events = writers.read_metrics(workdir) if has_metrics else []
-    if not events:
-        return {'seconds': [], 'ratio': []}
-    t0 = events[0]['wall_time']
     rows = [e for e in events if isinstance(e.get(ratio_key), (int, float))]
+    if not rows:
+        return {'seconds': [], 'ratio': []}
+    record = writers.train_seconds_record(workdir)
+    if record:
+        steps = [0, *record]
+        seconds = [0.0, *record.values()]
+        xs = [float(np.interp(e['step'], steps, seconds)) for e in rows]
+    else:
+        t0 = events[0]['wall_time']
+        xs = [e['wall_time'] - t0 for e in rows]
     return {
-        'seconds': [round(e['wall_time'] - t0, 3) for e in rows],
+        'seconds': [round(x, 3) for x in xs],
         'ratio': [float(e[ratio_key]) for e in rows],
     }
 

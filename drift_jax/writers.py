@@ -133,10 +133,16 @@ def save_train_seconds(workdir: str, step: int, seconds: float) -> None:
 def read_train_seconds(workdir: str, step: int) -> float | None:
     """Training seconds recorded at checkpoint `step` (`save_train_seconds`), or at the newest
     recorded step before it when `step` has none; None when nothing is recorded."""
-    saved = _read_json(os.path.join(workdir, TRAIN_SECONDS_FILE))
-    record = {int(k): float(v) for k, v in saved.items()}
+    record = train_seconds_record(workdir)
     earlier = [s for s in record if s <= step]
     return record[max(earlier)] if earlier else None
+
+
+def train_seconds_record(workdir: str) -> dict[int, float]:
+    """Every checkpointed step's training seconds (`save_train_seconds`), in step order; empty
+    when the run recorded none."""
+    saved = _read_json(os.path.join(workdir, TRAIN_SECONDS_FILE))
+    return dict(sorted((int(k), float(v)) for k, v in saved.items()))
 
 
 def _read_json(path: str) -> dict[str, Any]:

@@ -138,6 +138,7 @@ def test_tiny_suite_writes_results_tables_and_figures(tiny_suite):
         assert row['samples_per_second'] > 0 and row['ratio'] == row['eval']['energy_ratio']
         assert len(row['curve']['seconds']) == 2  # evaluations at steps 2 and 4
         assert row['curve']['ratio'][-1] == row['ratio']
+        assert row['curve']['seconds'][-1] == pytest.approx(row['train_seconds'], abs=1e-3)
     assert drifting['nfe'] == 1 and ddpm['nfe'] == 20
     # The sweep: DDIM at 2 steps, the run's own ancestral sampler at T = 20; 1000 > T is
     # left out with a note.
@@ -294,3 +295,26 @@ def test_time_budget_stops_after_the_first_step_and_evaluates(tmp_path):
     config.train.time_budget = -1.0
     with pytest.raises(ValueError, match='train.time_budget must be seconds >= 0'):
         train.validate_config(config)
+
+
+def test_time_curve_uses_training_seconds_not_evaluation_time(tmp_path):
+    workdir = str(tmp_path)
+    events = [
+        {'step': 50, 'loss': 1.0, 'wall_time': 100.0},
+        {'step': 100, 'energy_ratio': 3.0, 'wall_time': 190.0},  # a slow evaluation
+        {'step': 200, 'energy_ratio': 1.5, 'wall_time': 400.0},
+    ]
+    with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+        f.writelines(json.dumps(e) + '\n' for e in events)
+    # Wall clock without a training-seconds record: seconds since the first logged metrics.
+    assert comparison.time_curve(workdir, 'energy_ratio') == {
+        'seconds': [90.0, 300.0],
+        'ratio': [3.0, 1.5],
+    }
+    # With one: the checkpoint's seconds, interpolated from step 0 between checkpoints.
+    writers.save_train_seconds(workdir, 200, 40.0)
+    assert comparison.time_curve(workdir, 'energy_ratio') == {
+        'seconds': [20.0, 40.0],
+        'ratio': [3.0, 1.5],
+    }
+    assert comparison.time_curve(workdir, 'fd_ratio') == {'seconds': [], 'ratio': []}
