@@ -259,7 +259,8 @@ def image_config() -> ml_collections.ConfigDict:
     # for 2 CPU cores. On digits, 3000 steps of 64 images (7.4 min here): FD/floor 1.03,
     # class accuracy 0.98, but held-out bits/dim is best at step 1000 (5.35) and rises to
     # 6.03 as the flow overfits the 1497 training images; width 16 overfits less (5.45 at
-    # 2000, 5.55 at 3000) with worse samples (FD/floor 1.41). Not run on MNIST yet.
+    # 2000, 5.55 at 3000) with worse samples (FD/floor 1.41). On MNIST a step takes ~2 s here
+    # (4.96 bits/dim after 240 s, docs/compare.md): meant for an accelerator there.
     c.flow = ml_collections.ConfigDict()
     c.flow.levels = 2  # 8x8 and 28x28 images allow 2 (H and W divisible by 2**levels)
     c.flow.blocks = 2
