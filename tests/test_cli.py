@@ -183,3 +183,21 @@ def test_train_step_benchmark_times_a_config_file(tmp_path):
         timeout=60,
     )
     assert bad.returncode != 0 and "'nope.py' does not exist" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    'args, message',
+    [
+        (['a', 'b', '--pairs', '0'], '--pairs, --batch and --repeats must be >= 1'),
+        (['nope_run', 'b'], "is 'nope_run' a drift_jax workdir?"),
+    ],
+)
+def test_sampler_throughput_refuses_bad_arguments(args, message):
+    bad = subprocess.run(
+        [sys.executable, 'benchmarks/sampler_throughput.py', *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and message in bad.stderr, bad.stderr[-2000:]
