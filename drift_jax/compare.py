@@ -7,11 +7,13 @@
 
 Re-running the same command resumes unfinished runs and skips finished ones. The work is
 `drift_jax.comparison.compare`; this module only reads flags. A refused argument prints one
-line and exits with status 2.
+line and exits with status 2; SIGTERM stops it (the interrupted run keeps its checkpoint)
+with status 143.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -37,6 +39,11 @@ _OVERRIDE = flags.DEFINE_multi_string(
     'override', [], 'Config override [METHOD:]section.name=value for every run (or METHOD).'
 )
 _BATCH = flags.DEFINE_integer('throughput_batch', 1000, 'Samples per timed sampler call.')
+_THROUGHPUT_SECONDS = flags.DEFINE_float(
+    'throughput_seconds',
+    60.0,
+    'No timed sampler call starts after this many seconds (0: no limit).',
+)
 
 
 def _ints(values: list[str], name: str) -> list[int]:
@@ -79,10 +86,14 @@ def main(argv):
             ddgan_steps=ddgan,
             sampling_steps=sweeps,
             throughput_batch=_BATCH.value,
+            throughput_seconds=_THROUGHPUT_SECONDS.value or None,
         )
     except comparison.ComparisonError as e:  # refused before anything trains
         print(f'drift_jax.compare: error: {e}', file=sys.stderr)
         sys.exit(2)
+    except comparison.ComparisonStopped as e:
+        print(f'drift_jax.compare: {e}', file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == '__main__':

@@ -3,7 +3,7 @@
 `compare(out, suite='toy')` trains each method on each dataset with its config's tuned
 settings (runs in `<out>/runs/<data>_<method>`, resumed or skipped when re-run), scores all
 of them with the task's evaluator, measures sampling throughput on one batch size and
-device, and writes `results.json`, `table.md`, `table.csv` and the figures
+device (`comparison_measures`), and writes `results.json`, `table.md`, `table.csv` and the figures
 (`comparison_report`). `python -m drift_jax.compare` is the command-line front door.
 """
 
@@ -14,7 +14,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +24,14 @@ import numpy as np
 from drift_jax import comparison_report as report
 from drift_jax import methods as methods_lib
 from drift_jax import tasks, train, writers
+from drift_jax.comparison_measures import (  # noqa: F401 (re-exported)
+    TRAINING_ONLY_NETWORKS,
+    count_parameters,
+    numbers,
+    samples_per_second,
+    score_sampler,
+    time_curve,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS_DIR = os.path.join(ROOT, 'configs')
@@ -35,8 +42,6 @@ NOT_COMPARED: dict[str, str] = {
     'mae': 'it trains a feature encoder and has no sampler',
 }
 COMPARED: tuple[str, ...] = tuple(m for m in methods_lib.METHODS if m not in NOT_COMPARED)
-#: Networks that only train the sampler (not counted in `params`).
-TRAINING_ONLY_NETWORKS: tuple[str, ...] = ('discriminator',)
 RATIO_KEYS = {'points': 'energy_ratio', 'images': 'fd_ratio'}
 CACHE_FILE = 'comparison.json'  # a run's cached row, in its workdir
 SAMPLES_FILE = report.SAMPLES_FILE
@@ -44,6 +49,11 @@ SAMPLES_FILE = report.SAMPLES_FILE
 
 class ComparisonError(ValueError):
     """A refused argument (unknown method or data, missing file or dataset, bad override)."""
+
+
+class ComparisonStopped(RuntimeError):
+    """SIGTERM stopped the comparison: an interrupted run kept its checkpoint, finished runs
+    their rows; the same call again continues where it stopped."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,92 +253,6 @@ def _run_config(
     return config
 
 
-# ----------------------------------------------------------------------------- measures
-
-
-def score_sampler(
-    run: train.Run, params: dict[str, Any], step: int = 0, evaluator=None, **options
-) -> dict[str, float]:
-    """The task's evaluation of `run.method.sample(params, ..., **options)` (e.g. `steps=S`):
-    the figures the trainer logs (points: 'energy_ratio', images: 'fd_ratio', ...), plus
-    'sample_seconds', the time spent in the sampler.
-
-    `evaluator`: `run.task.make_evaluator(seed)`, reused between calls (default: a new one
-    with the run's seed, the same draws and floor as the run's own evaluations).
-    """
-    evaluator = evaluator or run.task.make_evaluator(run.config.train.seed)
-    seconds = []
-
-    def sampler(key, n, labels=None):
-        start = time.perf_counter()
-        x = np.asarray(run.method.sample(params, key, n, labels=labels, **options))
-        seconds.append(time.perf_counter() - start)
-        return x
-
-    out = dict(evaluator(sampler, step, None))
-    out['sample_seconds'] = float(sum(seconds))
-    return out
-
-
-def samples_per_second(
-    run: train.Run, params: dict[str, Any], batch: int, repeats: int = 3, seed: int = 0
-) -> float:
-    """Samples per second of the method's default sampler drawing `batch` samples per call:
-    one warm-up call (it compiles), then `repeats` timed calls."""
-    key = jax.random.PRNGKey(seed)
-    np.asarray(run.method.sample(params, key, batch))
-    start = time.perf_counter()
-    for i in range(repeats):
-        np.asarray(run.method.sample(params, jax.random.fold_in(key, i + 1), batch))
-    return batch * repeats / (time.perf_counter() - start)
-
-
-def count_parameters(params: Mapping[str, Any]) -> tuple[int, tuple[str, ...]]:
-    """(parameter count, names) of the networks in `params` (network name -> pytree) that
-    sample: all but `TRAINING_ONLY_NETWORKS` (a GAN's discriminator)."""
-    names = tuple(n for n in params if n not in TRAINING_ONLY_NETWORKS)
-    count = sum(int(np.prod(x.shape)) for n in names for x in jax.tree.leaves(params[n]))
-    return count, names
-
-
-def _numbers(d: Mapping[str, Any]) -> dict[str, float]:
-    return {
-        k: v
-        for k, v in d.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != 'wall_time'
-    }
-
-
-def time_curve(workdir: str, ratio_key: str) -> dict[str, list[float]]:
-    """{'seconds': [k], 'ratio': [k]}: the run's evaluations in `metrics.jsonl` against its
-    training seconds at their steps.
-
-    Training seconds are those the trainer records at each checkpoint
-    (`train_seconds.json`: compiles count, evaluations and pauses between a stop and a
-    resume do not), interpolated linearly between checkpoints, so a method is not charged for
-    how long its own evaluations sample and the last point sits at the table's
-    `train_seconds`. A run without that record falls back to wall-clock seconds since its
-    first logged metrics.
-    """
-    has_metrics = os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
-    events = writers.read_metrics(workdir) if has_metrics else []
-    rows = [e for e in events if isinstance(e.get(ratio_key), (int, float))]
-    if not rows:
-        return {'seconds': [], 'ratio': []}
-    record = writers.train_seconds_record(workdir)
-    if record:
-        steps = [0, *record]
-        seconds = [0.0, *record.values()]
-        xs = [float(np.interp(e['step'], steps, seconds)) for e in rows]
-    else:
-        t0 = events[0]['wall_time']
-        xs = [e['wall_time'] - t0 for e in rows]
-    return {
-        'seconds': [round(x, 3) for x in xs],
-        'ratio': [float(e[ratio_key]) for e in rows],
-    }
-
-
 # ----------------------------------------------------------------------------- one run
 
 
@@ -337,11 +261,13 @@ class _Measures:
     sampling_steps: Mapping[str, tuple[int, ...]]
     throughput_batch: int
     throughput_repeats: int
+    throughput_seconds: float | None
     grid_points: int
     grid_per_class: int
 
     def key(self, spec: RunSpec) -> str:
-        """Digest of what a run's cached evaluation depends on."""
+        """Digest of what a run's cached evaluation depends on (`throughput_seconds` only
+        bounds how long the throughput measure may take, so it is left out)."""
         blob = json.dumps(
             {
                 'config': json.loads(spec.config.to_json_best_effort(sort_keys=True)),
@@ -365,6 +291,13 @@ def _read_json(path: str) -> Any:
         return json.load(f)
 
 
+def _reached_end(spec: RunSpec, workdir: str, step: int) -> bool:
+    """Whether a run at `step` is done: train.steps reached, or its time budget spent."""
+    budget = float(spec.config.train.get('time_budget', 0.0))
+    seconds = writers.read_train_seconds(workdir, step) or 0.0
+    return step >= spec.config.train.steps or bool(budget and seconds >= budget)
+
+
 def _finished(
     spec: RunSpec, workdir: str, echo: Callable[[str], None]
 ) -> tuple[train.Run, train.TrainState, int] | None:
@@ -376,9 +309,7 @@ def _finished(
         run, state, step = train.load_run(workdir)
     except FileNotFoundError:
         return None
-    budget = float(spec.config.train.get('time_budget', 0.0))
-    seconds = writers.read_train_seconds(workdir, step) or 0.0
-    if step < spec.config.train.steps and not (budget and seconds >= budget):
+    if not _reached_end(spec, workdir, step):
         return None
     changed = writers.config_changes(spec.config, workdir)
     if changed:
@@ -420,7 +351,11 @@ def _evaluate(
         'train_steps': int(step),
         'train_seconds': writers.read_train_seconds(workdir, step),
         'samples_per_second': samples_per_second(
-            run, params, m.throughput_batch, m.throughput_repeats
+            run,
+            params,
+            m.throughput_batch,
+            m.throughput_repeats,
+            max_seconds=m.throughput_seconds,
         ),
         'params': count,
         'sampling_networks': list(networks),
@@ -428,7 +363,7 @@ def _evaluate(
     }
     if 'class_accuracy' in final:
         row['class_accuracy'] = float(final['class_accuracy'])
-    row['eval'] = _numbers(final)
+    row['eval'] = numbers(final)
     sweep = {row['nfe']: {'nfe': row['nfe'], 'ratio': row['ratio'], 'sampling': 'default'}}
     for s in m.sampling_steps.get(spec.method, ()):
         try:
@@ -471,6 +406,10 @@ def run_one(
     A run that diverges (the trainer's FloatingPointError: a NaN, a discriminator that wins
     outright, NaN samples) gets a row with its 'error' and no numbers, cached like the
     others so the comparison goes on and a re-run does not train it again.
+
+    Raises:
+      ComparisonStopped: SIGTERM stopped the training before its end (nothing is cached;
+        the checkpoint is where a re-run continues).
     """
     workdir = os.path.join(out, 'runs', spec.name)
     cache_path = os.path.join(workdir, CACHE_FILE)
@@ -488,6 +427,12 @@ def run_one(
             echo(f'{label}: {"resuming" if resuming else "training"} in {workdir}')
             train.train_and_evaluate(spec.config, workdir)
             done = train.load_run(workdir)
+            if not _reached_end(spec, workdir, done[2]):  # the trainer stopped on SIGTERM
+                raise ComparisonStopped(
+                    f'{label}: SIGTERM stopped training at step {done[2]} of '
+                    f'{spec.config.train.steps} (checkpoint saved in {workdir}); run the same '
+                    'command again to continue.'
+                )
         else:
             echo(f'{label}: finished, evaluating')
         row = _evaluate(spec, workdir, *done, m, echo)
@@ -545,6 +490,7 @@ def compare(
     sampling_steps: Mapping[str, Sequence[int]] | None = None,
     throughput_batch: int = 1000,
     throughput_repeats: int = 3,
+    throughput_seconds: float | None = 60.0,
     grid_points: int = 1000,
     grid_per_class: int = 4,
     configs_dir: str | None = None,
@@ -568,7 +514,8 @@ def compare(
       sampling_steps: method -> `steps` values of its sampler scored for quality against NFE
         (a method left out: the suite's; () none).
       throughput_batch, throughput_repeats: samples per call and timed calls (after one
-        warm-up call) of the comparison's own `samples_per_second`.
+        warm-up call) of the comparison's own `samples_per_second`; `throughput_seconds`:
+        no further timed call starts after this many seconds (None: no limit).
       grid_points, grid_per_class: samples per cell of the sample grid (points; images of
         each class).
       figures: also draw the figures (`comparison_report.write_figures`).
@@ -579,6 +526,8 @@ def compare(
 
     Raises:
       ComparisonError: before anything trains, for a refused argument (see `plan`).
+      ComparisonStopped: on SIGTERM, before the next run or when the trainer stopped one
+        (the tables hold the runs finished so far; the same call again continues).
     """
     echo = echo or (lambda line: print(f'drift_jax.compare: {line}', flush=True))
     specs = plan(
@@ -594,15 +543,30 @@ def compare(
     )
     steps = dict(SUITES[suite].sampling_steps)
     steps.update({k: tuple(int(s) for s in v) for k, v in (sampling_steps or {}).items()})
-    measures = _Measures(steps, throughput_batch, throughput_repeats, grid_points, grid_per_class)
+    if throughput_batch < 1 or throughput_repeats < 1:
+        raise ComparisonError(
+            f'throughput_batch and throughput_repeats must be >= 1, '
+            f'got {throughput_batch} and {throughput_repeats}.'
+        )
+    if throughput_seconds is not None and not throughput_seconds > 0:
+        raise ComparisonError(f'throughput_seconds must be > 0, got {throughput_seconds}.')
+    measures = _Measures(
+        steps, throughput_batch, throughput_repeats, throughput_seconds, grid_points, grid_per_class
+    )
     os.makedirs(out, exist_ok=True)
     done: dict[str, dict] = {}
-    for i, spec in enumerate(specs):
-        label = f'[{i + 1}/{len(specs)}] {spec.method} on {spec.data}'
-        if not spec.main:
-            label += f' (T={spec.config.ddgan.steps}, for quality against NFE)'
-        done[spec.name] = run_one(spec, out, measures, echo, label)
-        report.write_tables(_rows(specs, done, out), out)
+    with train.StopRequest() as sigterm:
+        for i, spec in enumerate(specs):
+            label = f'[{i + 1}/{len(specs)}] {spec.method} on {spec.data}'
+            if not spec.main:
+                label += f' (T={spec.config.ddgan.steps}, for quality against NFE)'
+            if sigterm.requested:
+                raise ComparisonStopped(
+                    f'SIGTERM: stopped before {label}; run the same command again to continue '
+                    f'(the {len(done)} finished runs are kept).'
+                )
+            done[spec.name] = run_one(spec, out, measures, echo, label)
+            report.write_tables(_rows(specs, done, out), out)
     rows = _rows(specs, done, out)
     if figures:
         for path in report.write_figures(rows, out):

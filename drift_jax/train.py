@@ -221,8 +221,15 @@ def sample(run: Run, params: dict[str, Any], key: jax.Array, n: int, **options) 
 # ----------------------------------------------------------------------------- the loop
 
 
-class _StopRequest:
-    """Turns SIGTERM (schedulers, preemption) into a request to checkpoint and stop."""
+class StopRequest:
+    """Turns SIGTERM (schedulers, preemption) into a request to checkpoint and stop:
+    `with StopRequest() as stop:` ... `if stop.requested:` (main thread only; elsewhere it
+    never changes the handler).
+
+    A request is passed on to the handler it replaced (a Python function, e.g. the
+    comparison's) when the loop ends, so a caller also learns of a signal that landed during
+    the last step's evaluation.
+    """
 
     def __init__(self):
         self.requested = False
@@ -240,6 +247,8 @@ class _StopRequest:
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+            if self.requested and callable(self._previous):
+                self._previous(signal.SIGTERM, None)
 
 
 def _global_batch(batch, mesh):
@@ -447,7 +456,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     spent = budget > 0 and (before or 0.0) >= budget  # resumed after its budget ran out
     stopping = out_of_time = False
     try:
-        with _StopRequest() as stop:
+        with StopRequest() as stop:
             for step in range(start + 1, (start if spent else total) + 1):
                 batch = _global_batch(run.task.host_batch(step, host_n), run.mesh)
                 state, m = train_step(state, batch)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -181,6 +183,53 @@ def test_rerun_does_not_train_finished_runs(tiny_suite, monkeypatch):
         and third[0]['train_seconds'] == rows[0]['train_seconds']
     )
     assert os.stat(metrics).st_mtime_ns == before
+
+
+def test_sigterm_stops_the_comparison_and_the_same_call_continues(tmp_path, monkeypatch):
+    assert threading.current_thread() is threading.main_thread()  # else SIGTERM would kill
+    handler = signal.getsignal(signal.SIGTERM)
+    out = str(tmp_path)
+    overrides = {**TINY, 'train.checkpoint_every': 2}
+    kwargs = dict(SUITE, methods=['drifting'], data=['spiral', 'moons'], overrides=overrides)
+    kwargs.update(sampling_steps={}, figures=False)
+    save = writers.save_train_seconds
+    signal_at = []  # (run name, step) at which SIGTERM lands, once each
+
+    def save_and_signal(workdir, step, seconds):
+        save(workdir, step, seconds)
+        if signal_at and (os.path.basename(workdir), step) == signal_at[0]:
+            signal_at.pop()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(writers, 'save_train_seconds', save_and_signal)
+    # During training: the trainer checkpoints at the next step and the comparison stops
+    # without evaluating or caching that run.
+    signal_at.append(('spiral_drifting', 2))
+    with pytest.raises(comparison.ComparisonStopped) as e:
+        comparison.compare(out, 'toy', echo=lambda line: None, **kwargs)
+    assert str(e.value).startswith(
+        '[1/2] drifting on spiral: SIGTERM stopped training at step 3 of 4'
+    )
+    assert 'run the same command again to continue' in str(e.value)
+    assert not os.path.exists(os.path.join(out, 'runs', 'spiral_drifting', comparison.CACHE_FILE))
+    # At the run's last step (too late for the trainer to act on): the run is finished and
+    # evaluated, then the comparison stops before the next one.
+    signal_at.append(('spiral_drifting', 4))
+    lines = []
+    with pytest.raises(
+        comparison.ComparisonStopped, match=r'stopped before \[2/2\] drifting on moons'
+    ):
+        comparison.compare(out, 'toy', echo=lines.append, **kwargs)
+    assert lines == [f'[1/2] drifting on spiral: resuming in {out}/runs/spiral_drifting']
+    assert signal.getsignal(signal.SIGTERM) == handler  # the comparison's own is gone
+    lines = []
+    rows = comparison.compare(out, 'toy', echo=lines.append, **kwargs)
+    assert lines[0] == '[1/2] drifting on spiral: finished, evaluated (cached)'
+    assert lines[1].startswith('[2/2] drifting on moons: training')
+    assert [(r['run'], r['train_steps']) for r in rows] == [
+        ('spiral_drifting', 4),
+        ('moons_drifting', 4),
+    ]
 
 
 def test_a_diverged_run_is_recorded_and_the_comparison_goes_on(tmp_path, monkeypatch):
