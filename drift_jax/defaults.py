@@ -138,10 +138,11 @@ def toy_config() -> ml_collections.ConfigDict:
     # one generator update, Adam with lr 2e-4 and beta1 0.5 (the usual GAN setting), R1 0.1,
     # the generator's EMA (train.ema_decay) for samples. Tried on the spiral (docs/gan.md,
     # docs/ddgan.md): lr 2e-4 with R1 0.1 reaches the energy floor; ablations there.
-    # The denoising diffusion GAN's step costs ~60 ms here (T-step posterior, two networks):
-    # 4500 steps keep a toy run within 5 minutes of training (5000 steps took 305 s for
-    # ED / floor 1.65 spiral, 2.34 moons; its 4000-step evaluations were 1.82 / 2.6).
-    for name, steps in (('gan', 5000), ('ddgan', 4500)):
+    # The denoising diffusion GAN's step costs 60 to 75 ms here (two networks and R1 on
+    # (x_{t-1}, x_t) pairs), so its toy step count trades quality against a 5-minute run.
+    # Tried (train seconds, ED / floor spiral, moons): 5000 steps 305 s, 1.65, 2.34; 4500
+    # 315-352 s, 1.76, 2.50; 4000 257-269 s, 2.02, 3.03.
+    for name, steps in (('gan', 5000), ('ddgan', 4250)):
         c.method_settings[name] = ml_collections.ConfigDict(
             {
                 'train': {'steps': steps, 'checkpoint_every': 1000},

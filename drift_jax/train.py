@@ -228,7 +228,7 @@ class StopRequest:
 
     A request is passed on to the handler it replaced (a Python function, e.g. the
     comparison's) when the loop ends, so a caller also learns of a signal that landed during
-    the last step's evaluation.
+    the last step's evaluation; one nested in another starts with the outer one's request.
     """
 
     def __init__(self):
@@ -238,6 +238,9 @@ class StopRequest:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
+            outer = getattr(self._previous, '__self__', None)
+            if isinstance(outer, StopRequest) and outer.requested:
+                self.requested = True  # a request made before this one took over
         return self
 
     def _handle(self, signum, frame):

@@ -185,6 +185,28 @@ def test_rerun_does_not_train_finished_runs(tiny_suite, monkeypatch):
     assert os.stat(metrics).st_mtime_ns == before
 
 
+def test_stop_requests_nest():
+    """A SIGTERM taken by an outer request (the comparison's) before an inner one (the
+    trainer's) takes over is the inner one's from the start; the inner one passes its own
+    on when it ends."""
+    assert threading.current_thread() is threading.main_thread()  # else SIGTERM would kill
+    handler = signal.getsignal(signal.SIGTERM)
+    with train.StopRequest() as outer:
+        with train.StopRequest() as inner:
+            assert not inner.requested
+        assert not outer.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert outer.requested
+        with train.StopRequest() as inner:
+            assert inner.requested
+    with train.StopRequest() as outer:
+        with train.StopRequest() as inner:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert inner.requested and not outer.requested
+        assert outer.requested  # passed on
+    assert signal.getsignal(signal.SIGTERM) == handler
+
+
 def test_sigterm_stops_the_comparison_and_the_same_call_continues(tmp_path, monkeypatch):
     assert threading.current_thread() is threading.main_thread()  # else SIGTERM would kill
     handler = signal.getsignal(signal.SIGTERM)
