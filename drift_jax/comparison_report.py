@@ -139,9 +139,8 @@ def sample_grid(rows: Sequence[Mapping[str, Any]], runs_dir: str, path: str) -> 
     by_cell = {(r['method'], r['data']): r for r in rows}
     points = any(r['ratio_key'] == 'energy_ratio' for r in rows)
     cell_height = 2.6 if points else 1.6  # image panels are wide: one class per column
-    fig = plotting.new_figure(
-        figsize=(2.6 * len(data_names), cell_height * len(method_names) + 0.4)
-    )
+    height = cell_height * len(method_names) + 0.4
+    fig = plotting.new_figure(figsize=(2.6 * len(data_names), height))
     for i, method in enumerate(method_names):
         for j, name in enumerate(data_names):
             ax = fig.add_subplot(len(method_names), len(data_names), i * len(data_names) + j + 1)
@@ -172,7 +171,7 @@ def sample_grid(rows: Sequence[Mapping[str, Any]], runs_dir: str, path: str) -> 
             label = RATIO_LABELS.get(row['ratio_key'], row['ratio_key'])
             ax.set_xlabel(f'{label} {row["ratio"]:.3g}', fontsize=8)
     fig.suptitle('Samples (grey: held-out data)' if points else 'Samples')
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / height))  # the title above the column names
     return plotting.save_figure(fig, path)
 
 
