@@ -170,7 +170,7 @@ def test_class_conditional_digits_with_guidance(tmp_path, digits_data_dir):
     c.method = 'ddpm'
     del c['method_settings']
     c.data.data_dir = digits_data_dir
-    c.denoiser.base_channels, c.denoiser.mults = 8, (1, 2)
+    c.denoiser.base_channels, c.denoiser.mults = 8, (1,)  # one level: a cheaper compile
     c.ddpm.timesteps = 10
     c.train.steps, c.train.batch_size = 2, 16
     c.train.log_every = c.train.checkpoint_every = c.eval.every = 2
