@@ -30,6 +30,7 @@ from drift_jax.comparison_measures import (  # noqa: F401 (re-exported)
     numbers,
     samples_per_second,
     score_sampler,
+    throughput_problem,
     time_curve,
 )
 
@@ -543,13 +544,14 @@ def compare(
     )
     steps = dict(SUITES[suite].sampling_steps)
     steps.update({k: tuple(int(s) for s in v) for k, v in (sampling_steps or {}).items()})
-    if throughput_batch < 1 or throughput_repeats < 1:
-        raise ComparisonError(
-            f'throughput_batch and throughput_repeats must be >= 1, '
-            f'got {throughput_batch} and {throughput_repeats}.'
-        )
-    if throughput_seconds is not None and not throughput_seconds > 0:
-        raise ComparisonError(f'throughput_seconds must be > 0, got {throughput_seconds}.')
+    problem = throughput_problem(
+        throughput_batch,
+        throughput_repeats,
+        throughput_seconds,
+        names=('throughput_batch', 'throughput_repeats', 'throughput_seconds'),
+    )
+    if problem:
+        raise ComparisonError(problem)
     measures = _Measures(
         steps, throughput_batch, throughput_repeats, throughput_seconds, grid_points, grid_per_class
     )

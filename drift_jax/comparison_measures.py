@@ -46,6 +46,21 @@ def score_sampler(
     return out
 
 
+def throughput_problem(
+    batch: int,
+    repeats: int,
+    max_seconds: float | None,
+    names: tuple[str, str, str] = ('batch', 'repeats', 'max_seconds'),
+) -> str | None:
+    """What is wrong with `samples_per_second`'s settings (one sentence naming them by
+    `names`: the comparison passes its own argument names), or None when they are usable."""
+    if batch < 1 or repeats < 1:
+        return f'{names[0]} and {names[1]} must be >= 1, got {batch} and {repeats}.'
+    if max_seconds is not None and not max_seconds > 0:
+        return f'{names[2]} must be > 0 or None, got {max_seconds}.'
+    return None
+
+
 def samples_per_second(
     run: train.Run,
     params: dict[str, Any],
@@ -61,10 +76,9 @@ def samples_per_second(
     is timed), so a slow sampler (1000 network evaluations per sample on a CPU) costs one call
     rather than `repeats`. None: always `repeats` calls.
     """
-    if batch < 1 or repeats < 1:
-        raise ValueError(f'batch and repeats must be >= 1, got {batch} and {repeats}.')
-    if max_seconds is not None and max_seconds <= 0:
-        raise ValueError(f'max_seconds must be > 0 or None, got {max_seconds}.')
+    problem = throughput_problem(batch, repeats, max_seconds)
+    if problem:
+        raise ValueError(problem)
     key = jax.random.PRNGKey(seed)
     np.asarray(run.method.sample(params, key, batch))
     calls = 0

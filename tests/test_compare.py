@@ -333,6 +333,30 @@ def test_cli_refuses_in_one_line_with_status_2(tmp_path):
     assert not os.listdir(tmp_path)  # refused before anything is written
 
 
+def test_cli_stopped_by_sigterm_says_so_in_one_line_with_status_143(tmp_path):
+    # The comparison's own SIGTERM handling is tested above (a real signal, in-process); this
+    # runs the CLI in a subprocess with `compare` stopping at once, to check what it prints.
+    script = (
+        'import sys\n'
+        'from absl import app\n'
+        'from drift_jax import compare, comparison\n'
+        'def stopped(*args, **kwargs):\n'
+        "    raise comparison.ComparisonStopped('SIGTERM: stopped before [1/1] drifting on "
+        "spiral; run the same command again to continue.')\n"
+        'comparison.compare = stopped\n'
+        f"sys.argv = ['compare', '--out={tmp_path}']\n"
+        'app.run(compare.main)\n'
+    )
+    out = subprocess.run(
+        [sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 128 + signal.SIGTERM == 143, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines() == [
+        'drift_jax.compare: SIGTERM: stopped before [1/1] drifting on spiral; run the same '
+        'command again to continue.'
+    ]
+
+
 def test_ddgan_runs_one_extra_run_per_other_t():
     specs = comparison.plan('toy', data=['moons'], methods=['ddgan'], ddgan_steps=(1, 4, 8, 1))
     assert [(s.name, s.main, s.config.ddgan.steps) for s in specs] == [
