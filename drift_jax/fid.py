@@ -56,15 +56,15 @@ def main(argv):
         raise app.UsageError(f'give one command: {" | ".join(COMMANDS)}')
     command = argv[1]
     from drift_jax.eval import fid as fid_lib
-    from drift_jax.eval import inception
+    from drift_jax.eval import inception, inception_weights
 
     if command == 'convert':
         _require(_PTH, _OUT)
-        meta = inception.convert(_PTH.value, _OUT.value)
+        meta = inception_weights.convert(_PTH.value, _OUT.value)
         print(f'drift_jax: wrote {_OUT.value} ({meta})')
         return
     if command == 'download':
-        out = inception.download(_OUT.value or inception.DEFAULT_PATH)
+        out = inception_weights.download(_OUT.value or inception_weights.DEFAULT_PATH)
         print(f'drift_jax: wrote {out}')
         return
     extractor = inception.InceptionExtractor.from_file(_WEIGHTS.value, batch_size=_BATCH.value)

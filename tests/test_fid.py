@@ -20,6 +20,7 @@ import pytest
 from drift_jax import defaults, methods, train
 from drift_jax.eval import fid as fid_lib
 from drift_jax.eval import inception as inc
+from drift_jax.eval import inception_weights as incw
 from drift_jax.eval.images import frechet_distance_from_moments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +48,7 @@ def fixture():
 @pytest.fixture(scope='module')
 def converted(fixture):
     state = {k[len('state/') :]: v for k, v in fixture.items() if k.startswith('state/')}
-    variables, meta = inc.variables_from_state_dict(state)
+    variables, meta = incw.variables_from_state_dict(state)
     return variables, meta
 
 
@@ -64,7 +65,7 @@ def test_state_dict_conversion_reads_widths(fixture, converted):
     bad = {k[len('state/') :]: v for k, v in fixture.items() if k.startswith('state/')}
     bad['Mixed_5b.branch1x1.conv.weight'] = bad['Mixed_5b.branch1x1.conv.weight'][:1]
     with pytest.raises(ValueError, match='Mixed_5b/branch1x1/conv/kernel'):
-        inc.variables_from_state_dict(bad)
+        incw.variables_from_state_dict(bad)
 
 
 def test_resize_matches_torch_interpolate(fixture):
@@ -126,25 +127,25 @@ def test_preprocess_grey_quantize_and_range():
 def test_weight_file_round_trip_and_lookup(converted, tmp_path, monkeypatch):
     variables, meta = converted
     path = str(tmp_path / 'w.npz')
-    inc.save_weights(path, variables, meta['width_divisor'])
-    model, loaded, meta = inc.load_weights(path)
+    incw.save_weights(path, variables, meta['width_divisor'])
+    model, loaded, meta = incw.load_weights(path)
     assert (model.width_divisor, model.num_classes, meta['input_size']) == (8, 1008, 299)
     flat = jax.tree.leaves(jax.tree.map(lambda a, b: np.array_equal(a, b), variables, loaded))
     assert all(flat)
     # Lookup: explicit path, else the environment variable, else the cache path.
-    assert inc.find_weights(path) == path
-    monkeypatch.setenv(inc.ENV_VAR, path)
-    assert inc.find_weights() == path
-    monkeypatch.delenv(inc.ENV_VAR)
+    assert incw.find_weights(path) == path
+    monkeypatch.setenv(incw.ENV_VAR, path)
+    assert incw.find_weights() == path
+    monkeypatch.delenv(incw.ENV_VAR)
     monkeypatch.setenv('HOME', str(tmp_path / 'home'))
     with pytest.raises(FileNotFoundError) as e:
-        inc.find_weights()
-    assert inc.FID_WEIGHTS_URL in str(e.value) and inc.DEFAULT_PATH in str(e.value)
+        incw.find_weights()
+    assert incw.FID_WEIGHTS_URL in str(e.value) and incw.DEFAULT_PATH in str(e.value)
     assert 'drift_jax.fid convert' in str(e.value)
     # A .npz that is not ours is refused with the command that makes one.
     np.savez(tmp_path / 'other.npz', a=np.zeros(3))
     with pytest.raises(ValueError, match='convert'):
-        inc.load_weights(str(tmp_path / 'other.npz'))
+        incw.load_weights(str(tmp_path / 'other.npz'))
 
 
 def test_pth_without_torch_says_what_to_do(tmp_path, monkeypatch):
@@ -152,7 +153,7 @@ def test_pth_without_torch_says_what_to_do(tmp_path, monkeypatch):
     path = tmp_path / 'w.pth'
     path.write_bytes(b'not read')
     with pytest.raises(ImportError, match='needs torch.*convert'):
-        inc.load_weights(str(path))
+        incw.load_weights(str(path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,9 +229,9 @@ def files(tmp_path_factory, digits_data_dir):
     """Random weights of a 1/16-width network fed 75 x 75 images, and statistics of 300
     train digits."""
     d = tmp_path_factory.mktemp('fid')
-    variables = inc.random_variables(width_divisor=16)
+    variables = incw.random_variables(width_divisor=16)
     weights = str(d / 'inception_w16.npz')
-    inc.save_weights(weights, variables, 16, input_size=75)  # 75: CPU-cheap, as the file says
+    incw.save_weights(weights, variables, 16, input_size=75)  # 75: CPU-cheap, as the file says
     data_dir = digits_data_dir
     # One batch size everywhere (here, the run's evaluator, the CLI): one compile, cached.
     ex = inc.InceptionExtractor.from_file(weights, batch_size=BATCH)
@@ -268,7 +269,7 @@ def test_real_images_score_better_than_noise(files):
 
 
 def test_config_validation_names_missing_files(files, tmp_path, monkeypatch):
-    monkeypatch.delenv(inc.ENV_VAR, raising=False)
+    monkeypatch.delenv(incw.ENV_VAR, raising=False)
     monkeypatch.setenv('HOME', str(tmp_path))  # no weights at the cache path
     train.validate_config(image_config(files['data_dir']))  # no fid_stats: Inception unused
     missing = str(tmp_path / 'nope.npz')
@@ -276,7 +277,7 @@ def test_config_validation_names_missing_files(files, tmp_path, monkeypatch):
         train.validate_config(image_config(files['data_dir'], fid_stats=missing))
     with pytest.raises(ValueError, match='pt_inception-2015-12-05') as e:
         train.validate_config(image_config(files['data_dir'], fid_stats=files['stats']))
-    assert inc.DEFAULT_PATH in str(e.value) and 'drift_jax.fid convert' in str(e.value)
+    assert incw.DEFAULT_PATH in str(e.value) and 'drift_jax.fid convert' in str(e.value)
     # The weights named in the config are found.
     train.validate_config(
         image_config(

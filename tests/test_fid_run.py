@@ -18,6 +18,7 @@ import pytest
 from drift_jax import defaults, train, writers
 from drift_jax.eval import fid as fid_lib
 from drift_jax.eval import inception as inc
+from drift_jax.eval import inception_weights as incw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 200  # InceptionExtractor's default, which the run's evaluator uses: one compile
@@ -27,7 +28,7 @@ BATCH = 200  # InceptionExtractor's default, which the run's evaluator uses: one
 def files(tmp_path_factory, digits_data_dir):
     d = tmp_path_factory.mktemp('fid_run')
     weights = str(d / 'inception_w16.npz')
-    inc.save_weights(weights, inc.random_variables(width_divisor=16), 16, input_size=75)
+    incw.save_weights(weights, incw.random_variables(width_divisor=16), 16, input_size=75)
     data_dir = digits_data_dir
     ex = inc.InceptionExtractor.from_file(weights, batch_size=BATCH)
     s = fid_lib.dataset_stats('digits', ex, data_dir=data_dir, num=300, pr_num=100)

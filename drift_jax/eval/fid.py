@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 
 from drift_jax.eval import inception as inception_lib
+from drift_jax.eval import inception_weights
 from drift_jax.eval.images import precision_recall
 
 # ----------------------------------------------------------------------------------------------
@@ -266,7 +267,8 @@ class InceptionMetrics:
 
 def validate_config_paths(eval_config: Any) -> None:
     """For a config whose ``eval.fid_stats`` is set: ValueError when the statistics or the
-    Inception weights (``eval.inception_weights`` / `inception.find_weights`) are missing."""
+    Inception weights (``eval.inception_weights`` / `inception_weights.find_weights`) are
+    missing."""
     stats = eval_config.get('fid_stats', '')
     if not stats:
         return
@@ -276,7 +278,7 @@ def validate_config_paths(eval_config: Any) -> None:
             'stats --data=NAME --split=train --out=PATH, or leave eval.fid_stats empty.'
         )
     try:
-        inception_lib.find_weights(eval_config.get('inception_weights', ''))
+        inception_weights.find_weights(eval_config.get('inception_weights', ''))
     except FileNotFoundError as e:
         raise ValueError(f'eval.fid_stats is set, but {e}') from None
 
