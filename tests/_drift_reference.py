@@ -269,3 +269,10 @@ def _full_opts(opts) -> dict:
     )
     full.update(opts)
     return full
+
+
+def max_rel_error(got, want) -> float:
+    """max |got - want| / max |want| in float64; fails if `got` is not finite."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert np.isfinite(got).all()
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
