@@ -42,7 +42,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     import jax
 
-    from drift_jax import defaults, train
+    from drift_jax import defaults, methods, train
 
     records = []
     for b in [None] if _CONFIG.value else map(int, _BATCHES.value):
@@ -52,6 +52,8 @@ def main(argv):
             config = defaults.toy_config()
             config.train.batch_size = b
             config.train.num_pos = b
+        # The config's method settings first, so that --set wins over them.
+        config = methods.resolve_config(config)
         apply_overrides(config, _SET.value)
         run = train.make_run(config)
         state = run.method.warm_start(train.create_train_state(run, 0))

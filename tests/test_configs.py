@@ -94,3 +94,23 @@ def test_config_builds(name):
         )
     )
     assert out.shape == (2, h, w, ch)
+
+
+@pytest.mark.parametrize('name', ['spiral', 'moons', 'swiss_roll', 'checkerboard'])
+def test_toy_configs_give_drifting_alone_the_papers_field(name):
+    """These toys set the paper's field as the drifting method's settings: the baselines
+    on the same config keep the base optimiser and EMA, and the command line still wins."""
+    config = _load(name)
+    drifting = resolve_config(config)
+    assert drifting.method == 'drifting'
+    assert tuple(drifting.drift.temperatures) == (0.02, 0.05, 0.2)
+    assert drifting.drift.scale_dist and drifting.drift.normalize_drift
+    assert (drifting.optim.learning_rate, drifting.train.ema_decay) == (2e-3, 0.999)
+    config.method = 'ddpm'
+    ddpm = resolve_config(config)
+    assert tuple(ddpm.drift.temperatures) == (0.05,) and not ddpm.drift.scale_dist
+    assert (ddpm.optim.learning_rate, ddpm.train.ema_decay) == (1e-3, 0.995)
+    config.method = 'drifting'
+    config.drift.temperatures = (0.05,)
+    kept = resolve_config(config, keep=('drift.temperatures',))
+    assert tuple(kept.drift.temperatures) == (0.05,) and kept.drift.scale_dist
