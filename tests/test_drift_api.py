@@ -21,14 +21,12 @@ from _drift_reference import (
     _make_inputs,
     _weights,
     assert_field_close,
-    field,
-    loss_fn,
     reference,
     reference_field,
 )
 
 from drift_jax import field as field_lib
-from drift_jax.field import DriftOptions, compute_drift_field, options_from_config
+from drift_jax.field import DriftOptions, compute_drift_field, drift_loss, options_from_config
 
 # ----------------------------------------------------------------------------
 # 3. Grouped form == each group separately.
@@ -40,15 +38,15 @@ def test_grouped_equals_separate_groups() -> None:
     kwargs['weights_neg'] = np.stack(
         [_weights(np.random.default_rng(k), N, zero_at=k) for k in range(3)]
     )
-    v = np.asarray(field(x, y_pos, y_neg, **kwargs))
-    loss, _ = loss_fn(x, y_pos, y_neg, **kwargs)
+    v = np.asarray(compute_drift_field(x, y_pos, y_neg, **kwargs))
+    loss, _ = drift_loss(x, y_pos, y_neg, **kwargs)
     assert v.shape == x.shape
     losses = []
     for g in range(3):
         per = {k: w[g] for k, w in kwargs.items()}
-        v_g = np.asarray(field(x[g], y_pos[g], y_neg[g], **per))
+        v_g = np.asarray(compute_drift_field(x[g], y_pos[g], y_neg[g], **per))
         np.testing.assert_allclose(v[g], v_g, rtol=1e-5, atol=1e-6 * np.abs(v_g).max())
-        losses.append(float(loss_fn(x[g], y_pos[g], y_neg[g], **per)[0]))
+        losses.append(float(drift_loss(x[g], y_pos[g], y_neg[g], **per)[0]))
     np.testing.assert_allclose(float(loss), np.mean(losses), rtol=1e-5)
     # Scale and RMS are per group: the groups' spreads differ 10x, and so do their fields.
     rms = np.sqrt(np.mean(v**2, axis=(1, 2)))
@@ -67,8 +65,8 @@ def test_groups_in_chunks_equal_all_groups_at_once(monkeypatch) -> None:
     assert field_lib.group_chunk(5, N, m, backend='gpu') == 5
 
     def run():
-        v, stats = field(x, y_pos, y_neg, return_stats=True, **kwargs)
-        return np.asarray(v), stats, float(loss_fn(x, y_pos, y_neg, **kwargs)[0])
+        v, stats = compute_drift_field(x, y_pos, y_neg, return_stats=True, **kwargs)
+        return np.asarray(v), stats, float(drift_loss(x, y_pos, y_neg, **kwargs)[0])
 
     monkeypatch.setattr(field_lib.driver, 'GROUP_CHUNK_ENTRIES', 10**9)
     assert field_lib.group_chunk(5, N, m, backend='cpu') == 5
@@ -101,7 +99,7 @@ def test_loss_value_is_mean_squared_scaled_field(name: str) -> None:
     x, y_pos, y_neg, kwargs = _make_inputs(case, seed=len(name))
     opts = _full_opts(case.opts)
     self_mask = kwargs.pop('self_mask', None)
-    loss, stats = loss_fn(x, y_pos, y_neg, DriftOptions(self_mask=self_mask, **opts), **kwargs)
+    loss, stats = drift_loss(x, y_pos, y_neg, DriftOptions(self_mask=self_mask, **opts), **kwargs)
     assert loss.shape == () and loss.dtype == jnp.float32
     want_v, c = reference(
         x,
@@ -115,7 +113,7 @@ def test_loss_value_is_mean_squared_scaled_field(name: str) -> None:
     c = np.asarray(c)[..., None, None] if case.groups else c
     want = np.mean(np.sum((want_v / c) ** 2, axis=-1))
     np.testing.assert_allclose(float(loss), want, rtol=1e-5)
-    v = np.asarray(field(x, y_pos, y_neg, self_mask=self_mask, **kwargs, **opts))
+    v = np.asarray(compute_drift_field(x, y_pos, y_neg, self_mask=self_mask, **kwargs, **opts))
     np.testing.assert_allclose(float(loss), np.mean(np.sum((v / c) ** 2, axis=-1)), rtol=1e-5)
     assert np.isfinite(float(stats['drift_norm']))
 
@@ -210,7 +208,7 @@ def test_log_space_affinity_is_not_floored() -> None:
     assert np.mean(exact[:, 0] > 0) > 0.9  # Toward the near cluster.
     assert np.mean(floored[:, 0] < 0) > 0.6  # Toward the far cluster.
 
-    v = np.asarray(field(x, y_pos))
+    v = np.asarray(compute_drift_field(x, y_pos))
     assert_field_close(v, exact)
     assert np.linalg.norm(v - floored) > 0.5 * np.linalg.norm(floored)
     assert np.mean(v[:, 0] > 0) > 0.9
@@ -219,8 +217,8 @@ def test_log_space_affinity_is_not_floored() -> None:
     # library's field unchanged (its far affinities are ~0), unlike the floored form's.
     raw = dict(temperatures=(0.5,), scale_dist=False, normalize_drift=False)
     w_near = np.concatenate([np.ones(96), np.zeros(32)]).astype(np.float32)
-    v_all = np.asarray(field(x, y_pos, **raw))
-    v_near = np.asarray(field(x, y_pos, weights_pos=w_near, **raw))
+    v_all = np.asarray(compute_drift_field(x, y_pos, **raw))
+    v_near = np.asarray(compute_drift_field(x, y_pos, weights_pos=w_near, **raw))
     np.testing.assert_allclose(v_all, v_near, rtol=1e-5, atol=1e-6 * np.abs(v_near).max())
     ref_kw = dict(
         temperatures=(0.5,), self_mask=True, scale_dist=False, normalize_drift=False, floor=1e-6
