@@ -198,17 +198,13 @@ def use_paper_field(
         'optim': {'learning_rate': 2e-3},
         'train': {'ema_decay': 0.999},
     }
-    if drifting_only:
-        if 'drifting' not in c.method_settings:
-            c.method_settings.drifting = ml_collections.ConfigDict()
-        target = c.method_settings.drifting
-        for section, values in settings.items():
-            if section not in target:
-                target[section] = ml_collections.ConfigDict()
-            target[section].update(values)
-    else:
-        for section, values in settings.items():
-            c[section].update(values)
+    if drifting_only and 'drifting' not in c.method_settings:
+        c.method_settings.drifting = ml_collections.ConfigDict()
+    target = c.method_settings.drifting if drifting_only else c
+    for section, values in settings.items():
+        if section not in target:
+            target[section] = ml_collections.ConfigDict()
+        target[section].update(values)
     return c
 
 
